@@ -31,9 +31,7 @@ class UnknownWordsError(PromptError):
     code = "unknown_words"
 
     def __init__(self, words: tuple[str, ...], value: object = None):
-        super().__init__(
-            "unknown word(s): " + ", ".join(repr(w) for w in words), value=value
-        )
+        super().__init__("unknown word(s): " + ", ".join(repr(w) for w in words), value=value)
         self.words = tuple(words)
 
 

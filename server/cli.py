@@ -21,7 +21,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="endless", description="endless: streaming video generation")
+    parser = argparse.ArgumentParser(
+        prog="endless", description="endless: streaming video generation"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     chosen = argv[0] if argv else None
     for name, (module, help_text) in COMMANDS.items():

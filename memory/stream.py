@@ -1,0 +1,238 @@
+"""Stream: one endless video, generated chunk by chunk with a constant-memory cache.
+
+Synchronous and sans-I/O: the server drives `next_chunk()` from its worker thread. Each
+chunk goes through three stages that are separate methods, so a scheduler can later batch
+the denoise stage of several streams into one forward pass:
+
+    plan()     -> ChunkPlan   (prompt, re-cache if the prompt changed, noise, context)
+    denoise()  -> latents     (few-step flow matching, attending to the cached context)
+    commit()   -> frames      (write the chunk's keys/values to the cache, decode)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from memory.cache import CacheLayout, ContextCache
+from memory.policy import CachePolicy, SinkRollingWindow
+from model.bundle import VideoModel
+from model.dit import AttnContext, block_causal_mask
+from model.errors import EndlessError
+from model.sampler import FlowSampler
+from model.text import EncodedPrompt
+from model.vae import tensor_to_frames
+
+
+@dataclass
+class StreamStats:
+    chunk_index: int = 0
+    ms: dict[str, float] = field(default_factory=dict)  # stage -> milliseconds, last chunk
+    cache_bytes: int = 0
+
+
+@dataclass
+class ChunkPlan:
+    chunk: int
+    prompt: EncodedPrompt
+    context: AttnContext | None
+    n_context: int  # latent frames in the context
+    noise: torch.Tensor  # (1, z, F, h, w)
+
+
+def chunk_noise(seed: int, chunk: int, shape, dtype) -> torch.Tensor:
+    """Noise of a chunk depends on (seed, chunk) only: rewinds regenerate identically."""
+    g = torch.Generator().manual_seed((seed * 1_000_003 + chunk * 7919) % (2**63))
+    return torch.randn(shape, generator=g).to(dtype)
+
+
+class Stream:
+    def __init__(
+        self,
+        model: VideoModel,
+        prompt: str,
+        seed: int = 0,
+        steps: int | None = None,
+        guidance: float | None = None,
+        policy: CachePolicy | None = None,
+    ):
+        self.model = model
+        cfg = model.config
+        self.seed = seed
+        self.steps = steps or cfg.sampler.steps
+        self.guidance = cfg.sampler.guidance if guidance is None else guidance
+        self.sampler = FlowSampler(cfg.sampler)
+        sc = cfg.stream
+        self.fps = sc.fps
+        self.height, self.width = sc.height, sc.width
+        self.chunk_frames = sc.chunk_latent_frames  # latent frames per chunk
+        self.frames_per_chunk = sc.chunk_latent_frames * cfg.vae.time_stride
+        self.latent_h = sc.height // cfg.vae.space_stride
+        self.latent_w = sc.width // cfg.vae.space_stride
+        self.policy = policy or SinkRollingWindow(
+            sink=sc.sink_latent_frames,
+            window=sc.window_latent_frames,
+            margin=sc.rewind_chunks * sc.chunk_latent_frames,
+        )
+        layout = CacheLayout.for_model(
+            model.dit, cfg.vae.z_dim, self.latent_h, self.latent_w, model.dtype
+        )
+        self.cache = ContextCache(layout, self.policy)
+        self._null = model.text.null()
+        self._timeline: list[tuple[int, EncodedPrompt]] = []
+        self._decoder_states: dict[int, list] = {}  # chunk -> decoder carry before it
+        self.chunk_index = 0
+        self.stats = StreamStats(cache_bytes=self.cache.nbytes)
+        self.set_prompt(prompt, at_chunk=0)
+
+    # -- prompts -------------------------------------------------------------------------
+    def set_prompt(self, text: str, at_chunk: int | None = None) -> int:
+        """Use `text` from chunk `at_chunk` on (default: the next chunk). Returns that chunk.
+
+        Raises PromptError / UnknownWordsError at once; nothing changes on error.
+        """
+        at = self.chunk_index if at_chunk is None else at_chunk
+        if at < self.chunk_index:
+            raise EndlessError(
+                f"chunk {at} is already generated (next is {self.chunk_index}); rewind first",
+                value=at,
+            )
+        t0 = time.perf_counter()
+        enc = self.model.text.encode_strict(text)
+        self.stats.ms["text"] = (time.perf_counter() - t0) * 1e3
+        self._timeline = [(c, p) for c, p in self._timeline if c < at] + [(at, enc)]
+        return at
+
+    def prompt_for(self, chunk: int) -> str:
+        return self._prompt_at(chunk).text
+
+    def _prompt_at(self, chunk: int) -> EncodedPrompt:
+        current = self._timeline[0][1]
+        for c, p in self._timeline:
+            if c <= chunk:
+                current = p
+        return current
+
+    def _prune_timeline(self) -> None:
+        """Drop prompt entries no rewind can reach (keeps the timeline bounded)."""
+        floor = self.min_rewind_chunk
+        older = [i for i, (c, _) in enumerate(self._timeline) if c <= floor]
+        if len(older) > 1:
+            self._timeline = self._timeline[older[-1] :]
+
+    # -- rewinding -----------------------------------------------------------------------
+    @property
+    def min_rewind_chunk(self) -> int:
+        head = self.chunk_index * self.chunk_frames
+        return -(-self.policy.min_rewind(head) // self.chunk_frames)
+
+    def rewind(self, chunk: int) -> None:
+        """Forget chunks >= chunk; the next next_chunk() generates `chunk` again."""
+        if not self.min_rewind_chunk <= chunk <= self.chunk_index:
+            raise EndlessError(
+                f"can rewind to chunks {self.min_rewind_chunk}..{self.chunk_index}, not {chunk}",
+                value=chunk,
+            )
+        self.cache.rewind(chunk * self.chunk_frames)
+        self.cache.prompt_key = None if chunk != self.chunk_index else self.cache.prompt_key
+        self.chunk_index = chunk
+
+    # -- generation ----------------------------------------------------------------------
+    def next_chunk(self) -> np.ndarray:
+        """Generate the next chunk: uint8 (frames_per_chunk, H, W, 3)."""
+        t0 = time.perf_counter()
+        plan = self.plan()
+        t1 = time.perf_counter()
+        latents = self.denoise(plan)
+        t2 = time.perf_counter()
+        frames = self.commit(plan, latents)
+        t3 = time.perf_counter()
+        ms = self.stats.ms
+        ms.update(plan=(t1 - t0) * 1e3, denoise=(t2 - t1) * 1e3, total=(t3 - t0) * 1e3)
+        self.stats.chunk_index = plan.chunk
+        self.stats.cache_bytes = self.cache.nbytes
+        return frames
+
+    @torch.no_grad()
+    def plan(self) -> ChunkPlan:
+        k = self.chunk_index
+        prompt = self._prompt_at(k)
+        t0 = time.perf_counter()
+        if self.cache.prompt_key is not prompt:
+            self._recache(prompt)
+            self.cache.prompt_key = prompt
+        self.stats.ms["recache"] = (time.perf_counter() - t0) * 1e3
+        z = self.model.config.vae.z_dim
+        shape = (1, z, self.chunk_frames, self.latent_h, self.latent_w)
+        noise = chunk_noise(self.seed, k, shape, self.model.dtype)
+        ctx = self.cache.attn_context(self.model.dit)
+        return ChunkPlan(k, prompt, ctx, len(self.cache.context_frames()), noise)
+
+    def _text(self, prompt: EncodedPrompt, cond: bool = True) -> torch.Tensor:
+        tokens = prompt.tokens if cond else self._null
+        return tokens.unsqueeze(0).to(self.model.dtype)
+
+    def _positions(self, n_context: int) -> torch.Tensor:
+        return torch.arange(n_context, n_context + self.chunk_frames)
+
+    @torch.no_grad()
+    def denoise(self, plan: ChunkPlan) -> torch.Tensor:
+        dit = self.model.dit
+        positions = self._positions(plan.n_context)
+        texts = {True: self._text(plan.prompt), False: self._text(plan.prompt, cond=False)}
+
+        def velocity(x, sigma, cond):
+            s = torch.full((1, self.chunk_frames), sigma)
+            return dit(x, s, texts[cond], positions, ctx=plan.context)
+
+        return self.sampler.sample(plan.noise, velocity, self.steps, self.guidance)
+
+    @torch.no_grad()
+    def commit(self, plan: ChunkPlan, latents: torch.Tensor) -> np.ndarray:
+        """Cache the chunk's keys/values (as context for what follows), then decode it."""
+        t0 = time.perf_counter()
+        kvs = self._context_kv(
+            latents, plan.prompt, self._positions(plan.n_context), plan.context, None
+        )
+        head = self.cache.head
+        self.cache.write(list(range(head, head + self.chunk_frames)), latents, kvs)
+        self.cache.advance(self.chunk_frames)
+        t1 = time.perf_counter()
+        state = self._decoder_states.get(plan.chunk)
+        video, state = self.model.vae.decode(latents, state)
+        frames = tensor_to_frames(video)
+        self._decoder_states[plan.chunk + 1] = state
+        self.chunk_index = plan.chunk + 1
+        for c in [c for c in self._decoder_states if c < self.min_rewind_chunk]:
+            del self._decoder_states[c]
+        self._prune_timeline()
+        t2 = time.perf_counter()
+        self.stats.ms.update(cache=(t1 - t0) * 1e3, decode=(t2 - t1) * 1e3)
+        return frames
+
+    def _context_kv(self, latents, prompt, positions, ctx, mask):
+        """Per-layer keys/values of clean latents as later chunks will see them."""
+        sigma_c = self.model.config.sampler.context_noise
+        x = latents
+        if sigma_c > 0:
+            x = (1 - sigma_c) * latents + sigma_c * torch.randn_like(latents)
+        s = torch.full((1, latents.shape[2]), sigma_c)
+        _, kvs = self.model.dit(
+            x, s, self._text(prompt), positions, ctx=ctx, mask=mask, return_kv=True
+        )
+        return kvs
+
+    def _recache(self, prompt: EncodedPrompt) -> None:
+        """LongLive's KV re-cache: recompute the context's keys/values under `prompt`."""
+        frames = self.cache.context_frames()
+        if not frames:
+            return
+        groups = self.policy.chunk_groups(frames, self.chunk_frames)
+        tpf = self.cache.layout.tokens_per_frame
+        mask = block_causal_mask(groups, groups, tpf)
+        latents = self.cache.context_latents()
+        kvs = self._context_kv(latents, prompt, torch.arange(len(frames)), None, mask)
+        self.cache.write(frames, latents, kvs)

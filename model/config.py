@@ -1,0 +1,175 @@
+"""Configuration dataclasses and named presets.
+
+A config is built once, passed explicitly, and travels inside every checkpoint (as JSON in
+the safetensors metadata) together with FORMAT_VERSION, so a file always says what it is.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+
+from model.errors import ConfigError
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """Causal 3D VAE: `time_stride` frames x `space_stride`^2 pixels -> one latent cell."""
+
+    z_dim: int = 8  # latent channels
+    time_stride: int = 4  # frames per latent frame (temporal compression)
+    space_stride: int = 8  # pixels per latent cell side (spatial compression)
+    hidden_hi: int = 64  # channels at 1/4 resolution (after pixel unshuffle)
+    hidden_lo: int = 96  # channels at latent resolution
+    blocks_hi: int = 2  # residual blocks at 1/4 resolution
+    blocks_lo: int = 2  # causal 3D residual blocks at latent resolution
+    time_kernel: int = 2  # causal kernel over latent frames (carry-over = time_kernel - 1)
+
+
+@dataclass(frozen=True)
+class DiTConfig:
+    """Wan2.1-style diffusion transformer (names follow Wan's WanModel)."""
+
+    patch_size: tuple[int, int, int] = (1, 2, 2)  # (t, h, w) latent cells per token
+    in_dim: int = 8  # latent channels in
+    out_dim: int = 8  # latent channels out
+    dim: int = 192  # hidden size
+    ffn_dim: int = 576  # FFN inner size
+    freq_dim: int = 256  # sinusoidal timestep embedding size
+    text_dim: int = 64  # text encoder output size
+    text_len: int = 5  # text tokens (one per TinyWorld attribute slot)
+    num_heads: int = 4
+    num_layers: int = 6
+    qk_norm: bool = True
+    cross_attn_norm: bool = True
+    eps: float = 1e-6
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """TinyWorld slot text encoder: one token per attribute (colour, shape, size, motion, bg)."""
+
+    dim: int = 64
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    steps: int = 4  # flow-matching Euler steps per chunk
+    shift: float = 3.0  # timestep shift (SD3 / Wan): more steps at high noise
+    guidance: float = 1.0  # classifier-free guidance scale (1 = off)
+    context_noise: float = 0.0  # noise level (sigma) at which finished chunks are cached
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """Chunking and the context cache policy (sink + rolling window, LongLive)."""
+
+    height: int = 128
+    width: int = 128
+    fps: int = 24
+    chunk_latent_frames: int = 3  # latent frames per generated chunk
+    sink_latent_frames: int = 3  # first frames kept for ever (attention sink)
+    window_latent_frames: int = 6  # most recent latent frames kept
+    rewind_chunks: int = 4  # how many chunks back a stream can rewind
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "tiny"
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    dit: DiTConfig = field(default_factory=DiTConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelConfig:
+        raw = json.loads(text)
+        parts = {
+            "vae": VAEConfig,
+            "dit": DiTConfig,
+            "text": TextConfig,
+            "sampler": SamplerConfig,
+            "stream": StreamConfig,
+        }
+        try:
+            kwargs = {k: _build(parts[k], v) if k in parts else v for k, v in raw.items()}
+            return cls(**kwargs)
+        except TypeError as exc:
+            raise ConfigError(f"config does not match this version of endless: {exc}") from exc
+
+
+def _build(kind, values: dict):
+    known = {f.name for f in fields(kind)}
+    unknown = set(values) - known
+    if unknown:
+        raise ConfigError(f"unknown {kind.__name__} fields: {sorted(unknown)}", value=values)
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return kind(**values)
+
+
+PRESETS: dict[str, ModelConfig] = {
+    # The embedded default: trained on TinyWorld, runs in real time on a laptop CPU.
+    "tiny": ModelConfig(),
+    # Test size: random init, milliseconds per chunk.
+    "micro": ModelConfig(
+        name="micro",
+        vae=VAEConfig(z_dim=4, hidden_hi=16, hidden_lo=16, blocks_hi=1, blocks_lo=1),
+        dit=DiTConfig(
+            in_dim=4,
+            out_dim=4,
+            dim=48,
+            ffn_dim=96,
+            freq_dim=32,
+            text_dim=16,
+            num_heads=2,
+            num_layers=2,
+        ),
+        text=TextConfig(dim=16),
+        stream=StreamConfig(
+            height=64,
+            width=64,
+            chunk_latent_frames=2,
+            sink_latent_frames=2,
+            window_latent_frames=4,
+            rewind_chunks=3,
+        ),
+    ),
+    # Published Wan2.1-T2V-1.3B sizes (Self-Forcing and LongLive build on it). The VAE is
+    # Wan's (z_dim 16, 4x8x8); its weights are loaded by a later converter, not trained here.
+    "wan-1.3b": ModelConfig(
+        name="wan-1.3b",
+        vae=VAEConfig(z_dim=16, hidden_hi=96, hidden_lo=384),
+        dit=DiTConfig(
+            in_dim=16,
+            out_dim=16,
+            dim=1536,
+            ffn_dim=8960,
+            freq_dim=256,
+            text_dim=4096,
+            text_len=512,
+            num_heads=12,
+            num_layers=30,
+        ),
+        text=TextConfig(dim=4096),
+        stream=StreamConfig(
+            height=480,
+            width=832,
+            fps=16,
+            chunk_latent_frames=3,
+            sink_latent_frames=3,
+            window_latent_frames=9,
+        ),
+    ),
+}
+
+
+def preset(name: str) -> ModelConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}", value=name)
+    return PRESETS[name]

@@ -1,0 +1,87 @@
+"""Text encoders: the interface, and the TinyWorld slot encoder that implements it.
+
+A text encoder turns prompts into context tokens (B, text_len, text_dim) for the DiT's
+cross-attention. `TextEncoder` is the interface a real encoder (umT5 for Wan weights)
+implements too. The TinyWorld encoder reads a prompt into attribute slots (so case, word
+order and filler words cannot matter) and gives one token per slot: slot embedding +
+value embedding, with a learned "not said" value per slot. Unknown words are returned to
+the caller, never silently dropped.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from model.config import TextConfig
+from model.errors import UnknownWordsError
+from model.tinyworld.spec import ATTRIBUTE_NAMES, VOCAB, Attributes, parse_prompt
+
+
+@dataclass(frozen=True)
+class EncodedPrompt:
+    text: str
+    tokens: torch.Tensor  # (text_len, text_dim)
+    unknown: tuple[str, ...]
+
+
+class TextEncoder(ABC, nn.Module):
+    """Interface: prompts -> context tokens."""
+
+    text_len: int
+    text_dim: int
+
+    @abstractmethod
+    def encode(self, text: str) -> EncodedPrompt:
+        """Encode one prompt; unknown words are reported in the result."""
+
+    def encode_strict(self, text: str) -> EncodedPrompt:
+        """Encode, raising UnknownWordsError if any word is outside the vocabulary."""
+        enc = self.encode(text)
+        if enc.unknown:
+            raise UnknownWordsError(enc.unknown, value=text)
+        return enc
+
+    @abstractmethod
+    def null(self) -> torch.Tensor:
+        """Tokens of the empty prompt (text_len, text_dim), for classifier-free guidance."""
+
+
+class TinyWorldTextEncoder(TextEncoder):
+    """One token per TinyWorld attribute slot; value 0 of each slot means "not said"."""
+
+    def __init__(self, cfg: TextConfig):
+        super().__init__()
+        self.text_len = len(ATTRIBUTE_NAMES)
+        self.text_dim = cfg.dim
+        self.slot = nn.Parameter(torch.randn(self.text_len, cfg.dim) * 0.5)
+        self.values = nn.ModuleDict(
+            {name: nn.Embedding(1 + len(VOCAB[name]), cfg.dim) for name in ATTRIBUTE_NAMES}
+        )
+
+    def indices(self, attrs: Attributes) -> list[int]:
+        """Value index per slot (0 = not said)."""
+        out = []
+        for name in ATTRIBUTE_NAMES:
+            v = getattr(attrs, name)
+            out.append(0 if v is None else 1 + VOCAB[name].index(v))
+        return out
+
+    def tokens_from_indices(self, idx: torch.Tensor) -> torch.Tensor:
+        """idx (B, text_len) long -> (B, text_len, text_dim)."""
+        vals = [self.values[n](idx[:, i]) for i, n in enumerate(ATTRIBUTE_NAMES)]
+        return torch.stack(vals, dim=1) + self.slot
+
+    def encode(self, text: str) -> EncodedPrompt:
+        parsed = parse_prompt(text)
+        idx = torch.tensor([self.indices(parsed.attributes)])
+        with torch.no_grad():
+            tokens = self.tokens_from_indices(idx)[0]
+        return EncodedPrompt(text, tokens, parsed.unknown)
+
+    def null(self) -> torch.Tensor:
+        with torch.no_grad():
+            return self.tokens_from_indices(torch.zeros(1, self.text_len, dtype=torch.long))[0]
