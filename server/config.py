@@ -1,0 +1,51 @@
+"""ServerConfig: every knob of the live server, built once and passed explicitly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from model.errors import ConfigError
+
+CODECS = {"vp8": "video/VP8", "h264": "video/H264"}
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: the OS picks a free port; the server reports the one it got
+    model: str = "tiny"  # "tiny" (shipped weights, random init if absent), "seed:tiny", or a path
+    codec: str = "vp8"  # preferred codec when a viewer offers several ("vp8" | "h264")
+    bitrate: int = 500_000  # target bits/s of each encode (aiortc clamps to its codec's range)
+    keyframe_seconds: float = 2.0  # a keyframe at least this often (and at each prompt switch)
+    ahead_chunks: int = 2  # chunks generated ahead of the one playing
+    grace_seconds: float = 10.0  # a stream with no controller and no viewer ends after this
+    max_streams: int = 8
+    max_viewers_per_stream: int = 32
+    max_message_bytes: int = 64 * 1024  # larger messages get a "too_big" error
+    hard_message_bytes: int = 1024 * 1024  # larger ones close the connection (1009)
+    max_prompt_chars: int = 500
+    prompt_rate: float = 4.0  # prompt/storyboard messages per second per connection...
+    prompt_burst: int = 8  # ...with this burst
+    message_rate: float = 100.0  # any message, per second per connection...
+    message_burst: int = 200  # ...with this burst
+    command_queue: int = 64  # loop -> worker commands; when full a request gets "busy"
+    result_queue: int = 16  # worker -> loop chunks; when full the worker waits
+    viewer_queue: int = 12  # encoded frames waiting for one viewer; when full it skips to a key
+    outbox_queue: int = 256  # events waiting for one websocket; when full stats are dropped
+    stats_seconds: float = 1.0  # how often stats events are pushed
+    torch_threads: int = 1  # intra-op threads of the one model worker
+    connect_timeout: float = 20.0  # a viewer that has not connected by then is dropped
+
+    def __post_init__(self) -> None:
+        if self.codec not in CODECS:
+            raise ConfigError(f"unknown codec {self.codec!r}; known: vp8, h264", value=self.codec)
+        if self.ahead_chunks < 1:
+            raise ConfigError("ahead_chunks must be at least 1", value=self.ahead_chunks)
+        if self.bitrate <= 0 or self.keyframe_seconds <= 0:
+            raise ConfigError("bitrate and keyframe_seconds must be positive")
+        if self.torch_threads < 1:
+            raise ConfigError("torch_threads must be at least 1", value=self.torch_threads)
+
+    @property
+    def codec_mime(self) -> str:
+        return CODECS[self.codec]

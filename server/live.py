@@ -1,0 +1,382 @@
+"""LiveStream: the asyncio adapter around one stream's Playout, encoders and viewers.
+
+One task per stream ticks the media clock at the stream's frame rate, paced against
+wall-clock deadlines: each tick shows the next generated frame, or holds the last one
+when generation has not kept up (a stall) or the stream is paused. A shown frame is
+encoded once per codec in use (in the server's one encoder thread) and fanned out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+
+from server.fanout import EncodedFrame, FanoutTrack, SharedEncoder, adopt
+from server.playout import PlanChange, Playout
+from server.protocol import request_error
+from server.worker import ChangePlan, ChunkReady, StreamOpened
+
+if TYPE_CHECKING:
+    from server.app import Connection, LiveServer
+
+log = logging.getLogger(__name__)
+MDNS_CANDIDATE = re.compile(r"^a=candidate:.*\.local .*$\r?\n?", re.MULTILINE)
+
+
+@dataclass
+class Viewer:
+    id: str
+    pc: RTCPeerConnection
+    track: FanoutTrack
+    conn: Connection
+    connected: bool = False
+
+
+def strip_mdns(sdp: str) -> str:
+    """Drop mDNS (.local) host candidates: aioice cannot resolve them (webrtc-testing.md)."""
+    return MDNS_CANDIDATE.sub("", sdp)
+
+
+def codec_preferences(preferred_mime: str) -> list:
+    caps = RTCRtpSender.getCapabilities("video").codecs
+    first = [c for c in caps if c.mimeType.lower() == preferred_mime.lower()]
+    rest = [c for c in caps if c not in first and c.mimeType.lower() != "video/rtx"]
+    rtx = [c for c in caps if c.mimeType.lower() == "video/rtx"]
+    return first + rest + rtx
+
+
+class LiveStream:
+    def __init__(
+        self, server: LiveServer, stream_id: str, prompt: str, seed: int, info: StreamOpened
+    ):
+        self.server = server
+        self.config = server.config
+        self.metrics = server.metrics
+        self.id = stream_id
+        self.seed = seed
+        self.fps, self.fpc = info.fps, info.frames_per_chunk
+        self.height, self.width = info.height, info.width
+        self.playout = Playout(prompt, info.frames_per_chunk, info.fps, self.config.ahead_chunks)
+        self.encoders: dict[str, SharedEncoder] = {}
+        self.viewers: dict[str, Viewer] = {}
+        self.members: set[Connection] = set()
+        self.anchors: deque[tuple[int, int, bool]] = deque(maxlen=8)
+        self.created = time.time()
+        self.ended = False
+        self.chunk_ms: dict[str, float] = {}
+        self.cache_bytes = 0
+        self.realtime_factor = 0.0
+        self._first_chunk = asyncio.Event()
+        self._grace: asyncio.TimerHandle | None = None
+        self._reported_chunk = -1
+        self._counted = {"stalls": 0, "dropped": 0}
+        self._shown_since_stats = 0
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"play-{self.id}")
+
+    # -- from the worker -------------------------------------------------------------------
+    def on_chunk(self, ready: ChunkReady) -> None:
+        n = len(ready.chunk.frames)
+        self.metrics.frames_generated.inc(n)
+        for stage, ms in ready.ms.items():
+            self.metrics.chunk_seconds.labels(stage).observe(ms / 1e3)
+        self.chunk_ms = ready.ms
+        total = ready.ms.get("total", 0.0)
+        if total > 0:
+            self.realtime_factor = (n / self.fps) / (total / 1e3)
+            self.metrics.realtime_factor.set(self.realtime_factor)
+        self.cache_bytes = ready.cache_bytes
+        if self.playout.accept(ready.chunk) and ready.chunk.index == self.playout.play_chunk:
+            self._first_chunk.set()
+        self._count_drops()
+
+    def _count_drops(self) -> None:
+        dropped = self.playout.frames_dropped - self._counted["dropped"]
+        if dropped:
+            self.metrics.frames_dropped.labels("prompt_switch").inc(dropped)
+            self._counted["dropped"] = self.playout.frames_dropped
+
+    # -- control ---------------------------------------------------------------------------
+    def _check_room(self) -> None:
+        if not self.server.worker.can_submit():
+            raise request_error("busy", "the model worker is busy; try again shortly")
+
+    def _apply(self, change: PlanChange | None) -> None:
+        if change is not None:
+            ok = self.server.worker.submit(ChangePlan(self.id, change))
+            assert ok, "room was checked before the plan changed"
+            self.metrics.prompt_switches.inc()
+            self._count_drops()
+
+    def set_prompt(self, text: str) -> int:
+        """Switch at the first unplayed chunk; returns the first frame under `text`."""
+        self._check_room()
+        frame, change = self.playout.set_prompt(text)
+        self._apply(change)
+        return frame
+
+    def set_storyboard(self, items: list[tuple[float, str]]) -> list[int]:
+        self._check_room()
+        frames, change = self.playout.set_storyboard(items)
+        self._apply(change)
+        return frames
+
+    def pause(self) -> None:
+        self.playout.paused = True
+
+    def resume(self) -> None:
+        self.playout.paused = False
+
+    # -- membership and lifetime -------------------------------------------------------------
+    def attach(self, conn: Connection) -> None:
+        if conn not in self.members:
+            self.members.add(conn)
+            conn.streams.add(self)
+        self._cancel_grace()
+
+    async def detach(self, conn: Connection) -> None:
+        self.members.discard(conn)
+        conn.streams.discard(self)
+        for v in [v for v in self.viewers.values() if v.conn is conn]:
+            await self.remove_viewer(v.id, "left")
+        self._maybe_end()
+
+    def _cancel_grace(self) -> None:
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
+
+    def _maybe_end(self) -> None:
+        if self.ended or self.members or self.viewers or self._grace is not None:
+            return
+        loop = asyncio.get_running_loop()
+        self._grace = loop.call_later(
+            self.config.grace_seconds, lambda: self.server.end_stream(self, "abandoned")
+        )
+
+    async def close(self, reason: str) -> None:
+        """End the stream: stop playing, close every viewer, free the model's stream."""
+        if self.ended:
+            return
+        self.ended = True
+        self._cancel_grace()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await asyncio.gather(
+            *(self.remove_viewer(v, reason) for v in list(self.viewers)), return_exceptions=True
+        )
+        self.server.worker.close_stream(self.id)
+        self.broadcast({"type": "stream_ended", "stream": self.id, "reason": reason})
+        for conn in list(self.members):
+            conn.streams.discard(self)
+        self.members.clear()
+
+    # -- viewers -----------------------------------------------------------------------------
+    async def add_viewer(self, conn: Connection, sdp: str, codec: str | None) -> tuple[str, str]:
+        if len(self.viewers) >= self.config.max_viewers_per_stream:
+            raise request_error("too_many_viewers", f"stream {self.id} has its viewer limit")
+        viewer_id = secrets.token_hex(4)
+        track = FanoutTrack(
+            self._bind,
+            self.config.viewer_queue,
+            on_first=lambda f: self._viewer_started(viewer_id, f),
+            on_sent=self.metrics.frames_sent.inc,
+            on_drop=self.metrics.frames_dropped.labels("slow_viewer").inc,
+        )
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        try:
+            transceiver = pc.addTransceiver(track, direction="sendonly")
+            adopt(transceiver.sender)
+            transceiver.setCodecPreferences(codec_preferences(codec or self.config.codec_mime))
+            await pc.setRemoteDescription(RTCSessionDescription(strip_mdns(sdp), "offer"))
+            if transceiver.mid is None:
+                raise ValueError("the offer has no video section to answer")
+            await pc.setLocalDescription(await pc.createAnswer())
+        except Exception as exc:
+            track.stop()
+            await pc.close()
+            raise request_error("bad_sdp", f"cannot answer this offer: {exc}") from None
+        viewer = Viewer(viewer_id, pc, track, conn)
+        self.viewers[viewer_id] = viewer
+        conn.viewers[viewer_id] = self
+        self.attach(conn)
+        self.metrics.viewers.inc()
+
+        @pc.on("connectionstatechange")
+        async def _on_state() -> None:
+            if pc.connectionState == "connected":
+                viewer.connected = True
+            elif pc.connectionState in ("failed", "closed"):
+                await self.remove_viewer(viewer_id, pc.connectionState)
+
+        asyncio.get_running_loop().call_later(
+            self.config.connect_timeout, self._check_connected, viewer_id
+        )
+        return viewer_id, pc.localDescription.sdp
+
+    def _check_connected(self, viewer_id: str) -> None:
+        viewer = self.viewers.get(viewer_id)
+        if viewer is not None and not viewer.connected:
+            asyncio.ensure_future(self.remove_viewer(viewer_id, "connect_timeout"))
+
+    def _bind(self, track: FanoutTrack, mime: str) -> SharedEncoder:
+        enc = self.encoders.get(mime)
+        if enc is None:
+            enc = SharedEncoder(
+                mime,
+                self.config.bitrate,
+                round(self.config.keyframe_seconds * self.fps),
+                self.playout.ticks_per_frame,
+            )
+            self.encoders[mime] = enc
+        return enc
+
+    def _viewer_started(self, viewer_id: str, frame: EncodedFrame) -> None:
+        viewer = self.viewers.get(viewer_id)
+        if viewer is None:
+            return
+        viewer.conn.send(
+            {
+                "type": "viewer_started",
+                "stream": self.id,
+                "viewer": viewer_id,
+                "tick": frame.tick,
+                "frame": frame.index,
+                "timeline": [list(a) for a in self.anchors],
+            }
+        )
+
+    async def remove_viewer(self, viewer_id: str, reason: str) -> None:
+        viewer = self.viewers.pop(viewer_id, None)
+        if viewer is None:
+            return
+        viewer.conn.viewers.pop(viewer_id, None)
+        self.metrics.viewers.dec()
+        viewer.track.stop()
+        for mime in [m for m, e in self.encoders.items() if not e.subscribers]:
+            del self.encoders[mime]
+        try:
+            await asyncio.wait_for(viewer.pc.close(), 5.0)
+        except (TimeoutError, Exception):
+            log.warning("viewer %s of %s did not close cleanly", viewer_id, self.id)
+        viewer.conn.send(
+            {"type": "viewer_closed", "stream": self.id, "viewer": viewer_id, "reason": reason}
+        )
+        self._maybe_end()
+
+    # -- events ----------------------------------------------------------------------------
+    def broadcast(
+        self, msg: dict[str, Any], droppable: bool = False, exclude: Connection | None = None
+    ) -> None:
+        for conn in list(self.members):
+            if conn is not exclude:
+                conn.send(msg, droppable=droppable)
+
+    def snapshot(self) -> dict[str, Any]:
+        p = self.playout
+        return {
+            "stream": self.id,
+            "prompt": p.plan.prompt_at(p.play_chunk),
+            "seed": self.seed,
+            "frame": p.next_frame,
+            "tick": p.tick,
+            "paused": p.paused,
+            "viewers": len(self.viewers),
+            "buffer_frames": p.buffered_frames,
+            "buffer_seconds": round(p.buffered_frames / self.fps, 3),
+            "stalls": p.stalls,
+            "held_frames": p.held_ticks,
+            "cache_bytes": self.cache_bytes,
+            "chunk_ms": {k: round(v, 1) for k, v in self.chunk_ms.items()},
+            "realtime_factor": round(self.realtime_factor, 2),
+            "encodes": {m: e.encodes for m, e in self.encoders.items()},
+            "plan": [
+                {"frame": k * self.fpc, "prompt": t}
+                for k, t in p.plan.as_tuple()
+                if k >= p.play_chunk
+            ]
+            or None,
+        }
+
+    # -- the media clock ---------------------------------------------------------------------
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        period = 1.0 / self.fps
+        stats_every = max(1, round(self.config.stats_seconds * self.fps))
+        try:
+            await self._first_chunk.wait()
+            t0, n = loop.time(), 0
+            stats_t0 = t0
+            while True:
+                shown = self.playout.step()
+                if shown is not None:
+                    await self._emit(shown)
+                if self.playout.play_chunk != self._reported_chunk:
+                    self._reported_chunk = self.playout.play_chunk
+                    self.server.worker.set_progress(self.id, self._reported_chunk)
+                n += 1
+                if n % stats_every == 0:
+                    now = loop.time()
+                    self._send_stats(self._shown_since_stats / max(now - stats_t0, 1e-6))
+                    self._shown_since_stats, stats_t0 = 0, now
+                deadline = t0 + n * period
+                late = loop.time() - deadline
+                if late > 2 * period:  # the loop fell behind: re-base, never burst
+                    t0 += late
+                    deadline += late
+                await asyncio.sleep(max(0.0, deadline - loop.time()))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("stream %s: playout failed", self.id)
+            self.server.end_stream(self, "internal_error")
+
+    async def _emit(self, shown) -> None:
+        p = self.playout
+        if shown.anchor:
+            self.anchors.append((shown.tick, shown.index, shown.held))
+            self.broadcast(
+                {
+                    "type": "timeline",
+                    "stream": self.id,
+                    "tick": shown.tick,
+                    "frame": shown.index,
+                    "held": shown.held,
+                }
+            )
+        if shown.held:
+            self.metrics.held_frames.labels("pause" if p.paused else "stall").inc()
+        else:
+            self._shown_since_stats += 1
+        if p.stalls != self._counted["stalls"]:
+            self.metrics.stalls.inc(p.stalls - self._counted["stalls"])
+            self._counted["stalls"] = p.stalls
+        loop = asyncio.get_running_loop()
+        for mime, enc in list(self.encoders.items()):
+            if not enc.subscribers:
+                continue
+            key = enc.plan_keyframe(shown.tick, shown.keyframe)
+            t = time.perf_counter()
+            frame = await loop.run_in_executor(
+                self.server.encode_pool, enc.encode, shown.image, shown.tick, shown.index, key
+            )
+            codec = mime.split("/")[-1].lower()
+            self.metrics.encode_seconds.labels(codec).observe(time.perf_counter() - t)
+            self.metrics.encodes.labels(codec).inc()
+            enc.publish(frame)
+
+    def _send_stats(self, fps: float) -> None:
+        snap = self.snapshot()
+        snap.update(type="stats", fps=round(fps, 2))
+        self.broadcast(snap, droppable=True)

@@ -1,0 +1,269 @@
+"""The one model worker thread: every stream's torch work, round-robin, off the event loop.
+
+The event loop and the worker talk only through bounded queues, each with a policy:
+
+    commands  loop -> worker  queue.Queue(config.command_queue); when full `submit` raises
+              (the request gets a "busy" error; the loop never blocks)
+    results   worker -> loop  queue.Queue(config.result_queue); when full the worker waits
+              (backpressure: nothing is generated that the loop cannot take)
+    progress  loop -> worker  one slot per stream (the chunk being played); a newer value
+              overwrites the older one, so it can never fill up
+
+Each stream may be generated up to `ahead_chunks` chunks past the chunk being played. Of
+the streams allowed to run, the one with the fewest chunks ready runs next (ties in turn),
+which is plain round-robin while every stream keeps up.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from memory.stream import Stream
+from model.bundle import VideoModel
+from model.errors import EndlessError
+from server.playout import Chunk, PlanChange
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OpenStream:
+    stream_id: str
+    prompt: str
+    seed: int
+
+
+@dataclass(frozen=True)
+class ChangePlan:
+    stream_id: str
+    change: PlanChange
+
+
+@dataclass(frozen=True)
+class StreamOpened:
+    stream_id: str
+    fps: int
+    frames_per_chunk: int
+    height: int
+    width: int
+
+
+@dataclass(frozen=True)
+class ChunkReady:
+    stream_id: str
+    chunk: Chunk
+    ms: dict[str, float]  # stage -> milliseconds (Stream.stats.ms)
+    cache_bytes: int
+
+
+@dataclass(frozen=True)
+class StreamFailed:
+    stream_id: str
+    code: str
+    message: str
+
+
+Result = StreamOpened | ChunkReady | StreamFailed
+
+
+@dataclass
+class _Job:
+    stream_id: str
+    stream: Stream
+    plan: tuple[tuple[int, str], ...]
+    epoch: int = 0
+    play_chunk: int = 0
+
+    def prompt_at(self, chunk: int) -> str:
+        i = bisect.bisect_right([c for c, _ in self.plan], chunk) - 1
+        return self.plan[max(i, 0)][1]
+
+
+def pick(jobs: list[_Job], ahead: int, turn: int) -> _Job | None:
+    """Scheduler: the runnable job with the fewest chunks ready; ties go in turn order."""
+    best, best_key = None, None
+    n = len(jobs)
+    for j in range(n):
+        job = jobs[(turn + j) % n]
+        ready = job.stream.chunk_index - job.play_chunk
+        if ready > ahead:  # it may generate chunks < play_chunk + 1 + ahead
+            continue
+        if best_key is None or ready < best_key:
+            best, best_key = job, ready
+    return best
+
+
+class GenerationWorker:
+    def __init__(
+        self,
+        model: VideoModel,
+        ahead_chunks: int,
+        command_queue: int,
+        result_queue: int,
+        torch_threads: int,
+        notify: Callable[[], None],
+    ):
+        self.model = model
+        self.ahead = ahead_chunks
+        self.torch_threads = torch_threads
+        self.commands: queue.Queue = queue.Queue(maxsize=command_queue)
+        self.results: queue.Queue[Result] = queue.Queue(maxsize=result_queue)
+        self._notify = notify  # called (from the worker thread) after each result
+        self._lock = threading.Lock()
+        self._progress: dict[str, int] = {}  # stream -> chunk being played (latest wins)
+        self._closing: set[str] = set()  # at most one entry per stream, never rejected
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._jobs: list[_Job] = []
+        self._turn = 0
+        self._thread = threading.Thread(target=self._run, name="endless-model", daemon=True)
+        self.busy_seconds = 0.0  # time spent generating, for the realtime factor
+
+    # -- called from the event loop --------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Ask the thread to finish its current chunk and exit; True if it did in time."""
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def can_submit(self) -> bool:
+        """Room for one more command (only the loop submits, so this stays true until it does)."""
+        return not self.commands.full()
+
+    def submit(self, command: OpenStream | ChangePlan) -> bool:
+        """Queue a command; False (nothing queued) when the queue is full."""
+        try:
+            self.commands.put_nowait(command)
+        except queue.Full:
+            return False
+        self._wake.set()
+        return True
+
+    def set_progress(self, stream_id: str, play_chunk: int) -> None:
+        with self._lock:
+            self._progress[stream_id] = play_chunk
+        self._wake.set()
+
+    def close_stream(self, stream_id: str) -> None:
+        with self._lock:
+            self._closing.add(stream_id)
+        self._wake.set()
+
+    def drain(self) -> list[Result]:
+        out = []
+        while True:
+            try:
+                out.append(self.results.get_nowait())
+            except queue.Empty:
+                return out
+
+    # -- the thread ------------------------------------------------------------------------
+    def _run(self) -> None:
+        torch.set_num_threads(self.torch_threads)
+        with torch.inference_mode():
+            while not self._stop.is_set():
+                self._wake.clear()
+                self._take_progress()
+                self._take_commands()
+                job = pick(self._jobs, self.ahead, self._turn)
+                if job is None:
+                    self._wake.wait(0.5)
+                    continue
+                self._turn = (self._jobs.index(job) + 1) % len(self._jobs)
+                self._generate(job)
+
+    def _take_progress(self) -> None:
+        with self._lock:
+            progress, self._progress = self._progress, {}
+            closing, self._closing = self._closing, set()
+        if closing:
+            self._jobs = [j for j in self._jobs if j.stream_id not in closing]
+        for job in self._jobs:
+            job.play_chunk = progress.get(job.stream_id, job.play_chunk)
+
+    def _take_commands(self) -> None:
+        while True:
+            try:
+                cmd = self.commands.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                if isinstance(cmd, OpenStream):
+                    self._open(cmd)
+                elif isinstance(cmd, ChangePlan):
+                    self._change(cmd)
+            except Exception as exc:  # a bad command fails its stream, not the worker
+                log.exception("model worker: %s failed", type(cmd).__name__)
+                self._jobs = [j for j in self._jobs if j.stream_id != cmd.stream_id]
+                self._fail(cmd.stream_id, exc)
+
+    def _open(self, cmd: OpenStream) -> None:
+        stream = Stream(self.model, cmd.prompt, seed=cmd.seed)
+        self._jobs.append(_Job(cmd.stream_id, stream, ((0, cmd.prompt),)))
+        self._put(
+            StreamOpened(
+                cmd.stream_id, stream.fps, stream.frames_per_chunk, stream.height, stream.width
+            )
+        )
+
+    def _change(self, cmd: ChangePlan) -> None:
+        job = next((j for j in self._jobs if j.stream_id == cmd.stream_id), None)
+        if job is None:
+            return
+        change = cmd.change
+        job.epoch, job.plan = change.epoch, change.plan
+        if change.rewind_to < job.stream.chunk_index:
+            job.stream.rewind(change.rewind_to)
+
+    def _generate(self, job: _Job) -> None:
+        stream = job.stream
+        k = stream.chunk_index
+        try:
+            want = job.prompt_at(k)
+            if stream.prompt_for(k) != want:
+                stream.set_prompt(want, at_chunk=k)
+            t0 = time.perf_counter()
+            frames = stream.next_chunk()
+            self.busy_seconds += time.perf_counter() - t0
+        except Exception as exc:
+            log.exception("model worker: stream %s failed at chunk %d", job.stream_id, k)
+            self._jobs.remove(job)
+            self._fail(job.stream_id, exc)
+            return
+        self._put(
+            ChunkReady(
+                job.stream_id,
+                Chunk(k, job.epoch, frames),
+                dict(stream.stats.ms),
+                stream.stats.cache_bytes,
+            )
+        )
+
+    def _fail(self, stream_id: str, exc: Exception) -> None:
+        code = exc.code if isinstance(exc, EndlessError) else "internal"
+        self._put(StreamFailed(stream_id, code, str(exc)))
+
+    def _put(self, result: Result) -> None:
+        while not self._stop.is_set():
+            try:
+                self.results.put(result, timeout=0.2)
+            except queue.Full:
+                continue
+            self._notify()
+            return
