@@ -84,6 +84,7 @@ class Stream:
         self._null = model.text.null()
         self._timeline: list[tuple[int, EncodedPrompt]] = []
         self._decoder_states: dict[int, list] = {}  # chunk -> decoder carry before it
+        self._recached_at: list[int] = []  # chunks whose generation began with a re-cache
         self.chunk_index = 0
         self.stats = StreamStats(cache_bytes=self.cache.nbytes)
         self.set_prompt(prompt, at_chunk=0)
@@ -110,18 +111,22 @@ class Stream:
         return self._prompt_at(chunk).text
 
     def _prompt_at(self, chunk: int) -> EncodedPrompt:
+        if chunk < self._timeline[0][0]:
+            raise EndlessError(f"the prompt of chunk {chunk} is no longer kept", value=chunk)
         current = self._timeline[0][1]
         for c, p in self._timeline:
             if c <= chunk:
                 current = p
         return current
 
+    HISTORY = 32  # prompt changes remembered before the rewind horizon
+
     def _prune_timeline(self) -> None:
-        """Drop prompt entries no rewind can reach (keeps the timeline bounded)."""
+        """Keep the entries a rewind can reach plus a short history (bounded memory)."""
         floor = self.min_rewind_chunk
         older = [i for i, (c, _) in enumerate(self._timeline) if c <= floor]
-        if len(older) > 1:
-            self._timeline = self._timeline[older[-1] :]
+        if len(older) > self.HISTORY:
+            self._timeline = self._timeline[older[-self.HISTORY] :]
 
     # -- rewinding -----------------------------------------------------------------------
     @property
@@ -137,7 +142,12 @@ class Stream:
                 value=chunk,
             )
         self.cache.rewind(chunk * self.chunk_frames)
-        self.cache.prompt_key = None if chunk != self.chunk_index else self.cache.prompt_key
+        if any(c >= chunk for c in self._recached_at):
+            # a re-cache at or after `chunk` rewrote the context's keys/values: redo it
+            self.cache.prompt_key = None
+        elif chunk > 0:
+            self.cache.prompt_key = self._prompt_at(chunk - 1)
+        self._recached_at = [c for c in self._recached_at if c < chunk]
         self.chunk_index = chunk
 
     # -- generation ----------------------------------------------------------------------
@@ -162,7 +172,8 @@ class Stream:
         prompt = self._prompt_at(k)
         t0 = time.perf_counter()
         if self.cache.prompt_key is not prompt:
-            self._recache(prompt)
+            if self._recache(prompt):
+                self._recached_at.append(k)
             self.cache.prompt_key = prompt
         self.stats.ms["recache"] = (time.perf_counter() - t0) * 1e3
         z = self.model.config.vae.z_dim
@@ -206,8 +217,10 @@ class Stream:
         frames = tensor_to_frames(video)
         self._decoder_states[plan.chunk + 1] = state
         self.chunk_index = plan.chunk + 1
-        for c in [c for c in self._decoder_states if c < self.min_rewind_chunk]:
+        floor = self.min_rewind_chunk
+        for c in [c for c in self._decoder_states if c < floor]:
             del self._decoder_states[c]
+        self._recached_at = [c for c in self._recached_at if c >= floor]
         self._prune_timeline()
         t2 = time.perf_counter()
         self.stats.ms.update(cache=(t1 - t0) * 1e3, decode=(t2 - t1) * 1e3)
@@ -225,14 +238,15 @@ class Stream:
         )
         return kvs
 
-    def _recache(self, prompt: EncodedPrompt) -> None:
+    def _recache(self, prompt: EncodedPrompt) -> bool:
         """LongLive's KV re-cache: recompute the context's keys/values under `prompt`."""
         frames = self.cache.context_frames()
         if not frames:
-            return
+            return False
         groups = self.policy.chunk_groups(frames, self.chunk_frames)
         tpf = self.cache.layout.tokens_per_frame
         mask = block_causal_mask(groups, groups, tpf)
         latents = self.cache.context_latents()
         kvs = self._context_kv(latents, prompt, torch.arange(len(frames)), None, mask)
         self.cache.write(frames, latents, kvs)
+        return True

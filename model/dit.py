@@ -173,7 +173,11 @@ class WanAttentionBlock(nn.Module):
         h = per_frame(self.norm1(x)) * (1 + mod[1][:, :, None]) + mod[0][:, :, None]
         y, kv = self.self_attn(h.view(b, n, d), angles, ctx_kv, ctx_angles, mask)
         x = x + (per_frame(y) * mod[2][:, :, None]).view(b, n, d)
-        x = x + self.cross_attn(self.norm3(x), context)
+        if context.dim() == 4:  # per-frame prompts (B, F, L, dim): each frame its own text
+            y = self.cross_attn(self.norm3(x).view(b * frames, -1, d), context.flatten(0, 1))
+            x = x + y.view(b, n, d)
+        else:
+            x = x + self.cross_attn(self.norm3(x), context)
         h = per_frame(self.norm2(x)) * (1 + mod[4][:, :, None]) + mod[3][:, :, None]
         y = self.ffn(h.view(b, n, d))
         x = x + (per_frame(y) * mod[5][:, :, None]).view(b, n, d)
@@ -228,7 +232,7 @@ class WanModel(nn.Module):
         for m in self.time_embedding.modules():
             if isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, std=0.02)
-        nn.init.zeros_(self.head.head.weight)
+        nn.init.normal_(self.head.head.weight, std=0.02)
 
     # -- pieces --------------------------------------------------------------------------
     def grid(self, x: torch.Tensor) -> tuple[int, int, int]:
@@ -286,6 +290,7 @@ class WanModel(nn.Module):
 
         positions (F,): time index of each latent frame for rotary embedding.
         ctx: cached keys/values of earlier frames (attended to by every token of x).
+        context: (B, L, text_dim), or (B, F, L, text_dim) to give each frame its own prompt.
         mask: optional (N, Nctx + N) boolean attention mask (True = may attend) for
               training on whole sequences with a block-causal layout.
         return_kv: also return the per-layer pre-rotary (k, v) of x, for caching.

@@ -1,0 +1,272 @@
+"""Train the chunk-causal DiT on VAE latents of TinyWorld sequences. Resumable.
+
+    .venv/bin/python ops/train_dit.py --vae runs/vae/last.safetensors --out runs/dit --minutes 60
+
+Training matches inference (memory/stream.py) exactly:
+  * a sequence is `chunks` chunks; the first is, half the time, the stream's first chunk
+    from far earlier (the attention sink) and the rest are the most recent chunks (the
+    rolling window), with positions 0..n-1 as the cache gives them;
+  * teacher forcing with a block-causal mask over [clean copy | noisy copy]: the noisy
+    chunk c sees the clean chunks < c (as cached context) and itself, nothing later;
+  * prompts switch at chunk boundaries (the renderer keeps the object's position), with
+    captions that leave attributes out, so the model learns to change what is asked and
+    keep the rest; 10% of sequences drop the prompt (classifier-free guidance);
+  * the clean context carries a small random noise level (diffusion forcing), told to the
+    model through its per-frame time embedding, for robustness to its own outputs.
+A pool of encoded sequences is refreshed a little every step, so the VAE encoder costs
+little. Writes runs/dit/last.safetensors (train state) and runs/dit/model.safetensors
+(the full VideoModel with EMA weights: what `endless render --model` and the evaluator use).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from model.bundle import VideoModel
+from model.checkpoint import load_strict, read_checkpoint, save_checkpoint
+from model.sampler import shift_sigma
+from model.tinyworld.captions import changed, random_attributes, random_caption, random_switch
+from model.tinyworld.render import World
+from model.tinyworld.spec import parse_prompt
+
+
+def sample_sequence(
+    rng, n_chunks: int, chunk_frames: int, size: int, switch_prob: float, far_sink_prob: float
+):
+    """Frames (n_chunks*chunk_frames, S, S, 3) and one caption per chunk."""
+    attrs = random_attributes(rng)
+    world = World(attrs, seed=int(rng.integers(2**62)), size=size)
+    caption = random_caption(rng, attrs)
+    gap = int(rng.integers(1, 40)) if rng.random() < far_sink_prob else 0
+    total_chunks = n_chunks + gap
+    keep = [0] + list(range(gap + 1, total_chunks))
+    frames = np.empty((n_chunks * chunk_frames, size, size, 3), np.uint8)
+    scratch = np.empty((size, size, 3), np.uint8)
+    captions = []
+    j = 0
+    for c in range(total_chunks):
+        if c > 0 and rng.random() < switch_prob:
+            new = random_switch(rng, attrs)
+            caption = random_caption(rng, new, keep=changed(attrs, new))
+            attrs = world.set_prompt(new, c * chunk_frames)
+        if c in keep:
+            for _ in range(chunk_frames):
+                world.advance(frames[j])
+                j += 1
+            captions.append(caption)
+        else:
+            for _ in range(chunk_frames):
+                world.advance(scratch)
+    return frames, captions, gap > 0
+
+
+class LatentPool:
+    """Encoded training sequences, refreshed a few at a time."""
+
+    def __init__(self, model: VideoModel, size: int, n_chunks: int, rng, args):
+        self.model, self.rng, self.args = model, rng, args
+        cfg = model.config
+        self.n_chunks = n_chunks
+        self.chunk_latent = cfg.stream.chunk_latent_frames
+        self.chunk_frames = self.chunk_latent * cfg.vae.time_stride
+        self.size = size
+        self.latents: list[torch.Tensor] = []
+        self.text_idx: list[torch.Tensor] = []
+        while len(self.latents) < args.pool:
+            self._add()
+
+    @torch.no_grad()
+    def _encode(self) -> tuple[torch.Tensor, torch.Tensor]:
+        frames, captions, _ = sample_sequence(
+            self.rng,
+            self.n_chunks,
+            self.chunk_frames,
+            self.size,
+            self.args.switch_prob,
+            self.args.far_sink_prob,
+        )
+        x = torch.from_numpy(frames).permute(3, 0, 1, 2).unsqueeze(0).float() / 127.5 - 1
+        vae = self.model.vae
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            first, _, _ = vae.encode_moments(x[:, :, : self.chunk_frames])
+            rest, _, _ = vae.encode_moments(x[:, :, self.chunk_frames :])
+        z = torch.cat([first, rest], dim=2).float()[0]  # (z, F, h, w) unscaled
+        enc = self.model.text
+        idx = torch.tensor([enc.indices(parse_prompt(c).attributes) for c in captions])
+        return z, idx
+
+    def _add(self) -> None:
+        z, idx = self._encode()
+        self.latents.append(z)
+        self.text_idx.append(idx)
+
+    def refresh(self, n: int) -> None:
+        for _ in range(n):
+            i = int(self.rng.integers(len(self.latents)))
+            self.latents[i], self.text_idx[i] = self._encode()
+
+    def batch(self, b: int):
+        ids = self.rng.integers(len(self.latents), size=b)
+        z = torch.stack([self.latents[i] for i in ids])
+        idx = torch.stack([self.text_idx[i] for i in ids])
+        return z, idx
+
+
+def teacher_forcing_mask(n: int, chunk: int, tokens_per_frame: int) -> torch.Tensor:
+    """(2N, 2N) mask over [clean frames | noisy frames] (N = n * tokens_per_frame).
+
+    A clean frame of chunk c sees clean chunks <= c (how the cache was built); a noisy
+    frame of chunk c sees clean chunks < c (the cached context) and its own noisy chunk.
+    """
+    c = (torch.arange(n) // chunk).repeat_interleave(tokens_per_frame)
+    before_or_same = c[None, :] <= c[:, None]
+    before = c[None, :] < c[:, None]
+    same = c[None, :] == c[:, None]
+    none = torch.zeros_like(same)
+    top = torch.cat([before_or_same, none], dim=1)
+    bottom = torch.cat([before, same], dim=1)
+    return torch.cat([top, bottom], dim=0)
+
+
+def training_loss(model: VideoModel, z: torch.Tensor, idx: torch.Tensor, args, rng) -> torch.Tensor:
+    """Flow-matching loss of the noisy copy under the block-causal teacher-forcing mask."""
+    dit, vae = model.dit, model.vae
+    cfg = model.config
+    b, _, n, h, w = z.shape
+    chunk = cfg.stream.chunk_latent_frames
+    n_chunks = n // chunk
+    z = (z - vae.latent_mean.view(1, -1, 1, 1, 1)) / vae.latent_std.view(1, -1, 1, 1, 1)
+    # per-chunk noise levels for the noisy copy, small ones for the clean context
+    u = torch.rand(b, n_chunks)
+    sigma = shift_sigma(u, cfg.sampler.shift).repeat_interleave(chunk, dim=1)  # (B, n)
+    ctx_sigma = (torch.rand(b, 1) < 0.5) * torch.rand(b, n) * args.context_noise_max
+    noise = torch.randn_like(z)
+    x_noisy = (1 - sigma[:, None, :, None, None]) * z + sigma[:, None, :, None, None] * noise
+    x_ctx = (1 - ctx_sigma[:, None, :, None, None]) * z + ctx_sigma[
+        :, None, :, None, None
+    ] * torch.randn_like(z)
+    x = torch.cat([x_ctx, x_noisy], dim=2)  # (B, z, 2n, h, w)
+    s = torch.cat([ctx_sigma, sigma], dim=1)
+    drop = torch.rand(b) < args.text_drop
+    idx = torch.where(drop[:, None, None], torch.zeros_like(idx), idx)
+    tokens = model.text.tokens_from_indices(idx.flatten(0, 1))
+    tokens = tokens.view(b, n_chunks, -1, model.text.text_dim)
+    tokens = tokens.repeat_interleave(chunk, dim=1)  # (B, n, L, D) per frame
+    context = torch.cat([tokens, tokens], dim=1)  # (B, 2n, L, D)
+    positions = torch.cat([torch.arange(n), torch.arange(n)])
+    mask = teacher_forcing_mask(n, chunk, dit.tokens_per_frame(h, w))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        v = dit(x, s, context, positions, mask=mask)
+    target = noise - z
+    return F.mse_loss(v[:, :, n:].float(), target)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--vae", default="runs/vae/last.safetensors")
+    ap.add_argument("--out", default="runs/dit")
+    ap.add_argument("--minutes", type=float, default=60.0)
+    ap.add_argument("--batch", type=int, default=6)
+    ap.add_argument("--chunks", type=int, default=4)
+    ap.add_argument("--lr", type=float, default=4e-4)
+    ap.add_argument("--ema", type=float, default=0.998)
+    ap.add_argument("--pool", type=int, default=400)
+    ap.add_argument("--refresh", type=int, default=2)
+    ap.add_argument("--switch-prob", type=float, default=0.3)
+    ap.add_argument("--far-sink-prob", type=float, default=0.5)
+    ap.add_argument("--text-drop", type=float, default=0.1)
+    ap.add_argument("--context-noise-max", type=float, default=0.1)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--save-every", type=int, default=100)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    state_path = out / "last.safetensors"
+
+    model = VideoModel.from_seed(args.seed, args.preset)
+    _, vae_tensors, _ = read_checkpoint(args.vae)
+    load_strict(model.vae, vae_tensors, args.vae)
+    step = 0
+    if state_path.exists():
+        _, tensors, meta = read_checkpoint(state_path)
+        load_strict(model, tensors, str(state_path))
+        step = int(meta.get("step", 0))
+        print(f"resumed at step {step}", flush=True)
+    rng = np.random.default_rng(args.seed * 7 + step)
+    t0 = time.time()
+    pool = LatentPool(model, model.config.stream.height, args.chunks, rng, args)
+    print(f"pool of {len(pool.latents)} sequences in {time.time() - t0:.0f}s", flush=True)
+    if float(model.vae.latent_std.sum()) == model.vae.latent_std.numel() and not bool(
+        model.vae.latent_mean.any()
+    ):
+        zs = torch.stack(pool.latents).transpose(0, 1).flatten(1)
+        model.vae.latent_mean.copy_(zs.mean(1))
+        model.vae.latent_std.copy_(zs.std(1))
+        print("latent stats from pool", zs.mean(1).numpy().round(2), zs.std(1).numpy().round(2))
+
+    params = list(model.dit.parameters()) + list(model.text.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    model.dit.train()
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
+    opt_path = out / "opt.pt"
+    if step and opt_path.exists():
+        opt.load_state_dict(torch.load(opt_path))
+    ema = copy.deepcopy(model)
+    ema_path = out / "model.safetensors"
+    if step and ema_path.exists():
+        _, tensors, _ = read_checkpoint(ema_path)
+        load_strict(ema, tensors, str(ema_path))
+    ema.requires_grad_(False)
+    log = open(out / "log.jsonl", "a")
+    t_end = time.time() + args.minutes * 60
+    losses = []
+    while time.time() < t_end:
+        pool.refresh(args.refresh)
+        z, idx = pool.batch(args.batch)
+        loss = training_loss(model, z, idx, args, rng)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        for g in opt.param_groups:
+            g["lr"] = args.lr * min(1.0, (step + 1) / 200)
+        opt.step()
+        step += 1
+        with torch.no_grad():
+            decay = min(args.ema, (1 + step) / (10 + step))
+            for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
+                pe.lerp_(pm, 1 - decay)
+            for be, bm in zip(ema.buffers(), model.buffers(), strict=True):
+                be.copy_(bm)
+        losses.append(loss.item())
+        if step % 20 == 0:
+            msg = {"step": step, "loss": float(np.mean(losses)), "time": time.time()}
+            print(json.dumps(msg), flush=True)
+            log.write(json.dumps(msg) + "\n")
+            log.flush()
+            losses = []
+        if step % args.save_every == 0:
+            save(model, ema, opt, step, out)
+    save(model, ema, opt, step, out)
+
+
+def save(model, ema, opt, step, out: Path) -> None:
+    meta = {"step": str(step)}
+    save_checkpoint(out / "last.safetensors", model.state_dict(), model.config, meta)
+    ema.save(out / "model.safetensors", meta)
+    torch.save(opt.state_dict(), out / "opt.pt")
+
+
+if __name__ == "__main__":
+    main()

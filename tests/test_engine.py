@@ -1,0 +1,234 @@
+"""The generation engine: cache, causality, prompt switches, rewinds, determinism."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from memory.policy import SinkRollingWindow
+from memory.stream import Stream, chunk_noise
+from model.bundle import VideoModel
+from model.config import PRESETS, StreamConfig
+from model.dit import block_causal_mask
+from model.errors import EndlessError, PromptError, UnknownWordsError
+
+torch.set_num_threads(1)
+
+PROMPT = "a big red circle bouncing over the ocean"
+OTHER = "a small blue square standing still in the snow"
+
+
+def pico_model(seed: int = 0) -> VideoModel:
+    """The micro preset at 32x32: a few tokens per frame, milliseconds per chunk."""
+    cfg = PRESETS["micro"]
+    cfg = replace(cfg, name="pico", stream=replace(cfg.stream, height=32, width=32))
+    torch.manual_seed(seed)
+    return VideoModel(cfg)
+
+
+@pytest.fixture(scope="module")
+def model() -> VideoModel:
+    return VideoModel.from_seed(0, "micro")
+
+
+@pytest.fixture(scope="module")
+def pico() -> VideoModel:
+    return pico_model()
+
+
+def test_cache_buffers_are_allocated_once(pico):
+    """The cache keeps the same buffers (pointers and bytes) from chunk 10 to chunk 2,000."""
+    s = Stream(pico, PROMPT, seed=0)
+    for _ in range(10):
+        s.next_chunk()
+    ptrs, nbytes = s.cache.data_ptrs(), s.cache.nbytes
+    for i in range(1990):
+        if i % 500 == 250:
+            s.set_prompt(OTHER if i % 1000 == 250 else PROMPT)
+        s.next_chunk()
+    assert s.chunk_index == 2000
+    assert s.cache.data_ptrs() == ptrs
+    assert s.cache.nbytes == nbytes
+    assert s.stats.cache_bytes == nbytes
+    assert len(s._timeline) <= Stream.HISTORY + 1
+    assert len(s._decoder_states) <= s.policy.margin + 1
+
+
+def reference_latents(model: VideoModel, prompt: str, seed: int, n_chunks: int):
+    """Chunk latents computed by full recomputation over the whole sequence (no cache)."""
+    dit, cfg = model.dit, model.config
+    chunk = cfg.stream.chunk_latent_frames
+    h = cfg.stream.height // cfg.vae.space_stride
+    text = model.text.encode(prompt).tokens.unsqueeze(0)
+    sampler_model = Stream(model, prompt, seed)  # only for its sampler settings
+    done: list[torch.Tensor] = []
+    for k in range(n_chunks):
+        noise = chunk_noise(seed, k, (1, cfg.vae.z_dim, chunk, h, h), model.dtype)
+        n_ctx = k * chunk
+        ids = [f // chunk for f in range(n_ctx + chunk)]
+        mask = block_causal_mask(ids, ids, dit.tokens_per_frame(h, h))
+
+        def velocity(x, sigma, cond, n_ctx=n_ctx, mask=mask):
+            full = torch.cat(done + [x], dim=2)
+            s = torch.tensor([[0.0] * n_ctx + [sigma] * chunk])
+            out = dit(full, s, text, torch.arange(n_ctx + chunk), mask=mask)
+            return out[:, :, n_ctx:]
+
+        with torch.no_grad():
+            done.append(sampler_model.sampler.sample(noise, velocity, sampler_model.steps, 1.0))
+    return done
+
+
+def test_cached_generation_equals_full_recomputation(model):
+    """With a window covering the whole context, cached chunks equal a full recompute."""
+    n = 5
+    chunk = model.config.stream.chunk_latent_frames
+    policy = SinkRollingWindow(sink=chunk, window=n * chunk, margin=0)
+    s = Stream(model, PROMPT, seed=3, policy=policy)
+    cached = []
+    for _ in range(n):
+        plan = s.plan()
+        lat = s.denoise(plan)
+        s.commit(plan, lat)
+        cached.append(lat)
+    ref = reference_latents(model, PROMPT, 3, n)
+    diffs = [(a - b).abs().max().item() for a, b in zip(cached, ref, strict=True)]
+    assert max(diffs) < 1e-4, diffs
+
+
+def test_denoiser_is_block_causal(model):
+    """Changing a later chunk's input never changes an earlier chunk's output."""
+    dit, cfg = model.dit, model.config
+    chunk, z, h = cfg.stream.chunk_latent_frames, cfg.vae.z_dim, 8
+    n = 3 * chunk
+    torch.manual_seed(0)
+    x = torch.randn(1, z, n, h, h)
+    ids = [f // chunk for f in range(n)]
+    mask = block_causal_mask(ids, ids, dit.tokens_per_frame(h, h))
+    text = model.text.encode(PROMPT).tokens.unsqueeze(0)
+    sigma = torch.rand(1, n)
+    with torch.no_grad():
+        a = dit(x, sigma, text, torch.arange(n), mask=mask)
+        x2 = x.clone()
+        x2[:, :, 2 * chunk :] += 5.0
+        b = dit(x2, sigma, text, torch.arange(n), mask=mask)
+    assert torch.equal(a[:, :, : 2 * chunk], b[:, :, : 2 * chunk])
+    assert not torch.allclose(a[:, :, 2 * chunk :], b[:, :, 2 * chunk :])
+
+
+def run(model, seed, n, switches=()):
+    s = Stream(model, PROMPT, seed=seed)
+    out = []
+    for k in range(n):
+        for at, text in switches:
+            if at == k:
+                s.set_prompt(text)
+        out.append(s.next_chunk())
+    return s, out
+
+
+def test_prompt_switch_takes_effect_exactly_at_its_chunk(model):
+    """Chunks before a switch are unchanged; the switch chunk and later ones change."""
+    _, base = run(model, 7, 6)
+    s, switched = run(model, 7, 6, switches=[(3, OTHER)])
+    for k in range(3):
+        assert np.array_equal(base[k], switched[k])
+    for k in range(3, 6):
+        assert not np.array_equal(base[k], switched[k])
+    assert s.prompt_for(2) == PROMPT and s.prompt_for(3) == OTHER
+
+
+def test_same_seed_same_frames_and_seed_matters(model):
+    """Generation is deterministic for a seed; another seed gives other frames."""
+    _, a = run(model, 11, 4, switches=[(2, OTHER)])
+    _, b = run(model, 11, 4, switches=[(2, OTHER)])
+    _, c = run(model, 12, 4, switches=[(2, OTHER)])
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not np.array_equal(a[0], c[0])
+
+
+def test_set_prompt_at_a_future_chunk(model):
+    """set_prompt(at_chunk=k) leaves chunks before k on the old prompt."""
+    _, direct = run(model, 5, 5, switches=[(4, OTHER)])
+    s = Stream(model, PROMPT, seed=5)
+    s.set_prompt(OTHER, at_chunk=4)
+    later = [s.next_chunk() for _ in range(5)]
+    assert all(np.array_equal(x, y) for x, y in zip(direct, later, strict=True))
+
+
+def test_rewind_regenerates_identically(model):
+    """Rewinding and regenerating under the same prompt gives the same frames."""
+    s, first = run(model, 9, 6)
+    s.rewind(4)
+    again = [s.next_chunk() for _ in range(2)]
+    assert np.array_equal(again[0], first[4]) and np.array_equal(again[1], first[5])
+
+
+def test_rewind_then_switch_equals_a_stream_switched_there(model):
+    """Rewind + new prompt at chunk k equals a stream whose prompt changed at k (server's
+    instant switch drops unplayed chunks this way)."""
+    s, _ = run(model, 4, 6)
+    s.rewind(3)
+    s.set_prompt(OTHER, at_chunk=3)
+    regenerated = [s.next_chunk() for _ in range(3)]
+    _, direct = run(model, 4, 6, switches=[(3, OTHER)])
+    assert all(np.array_equal(x, y) for x, y in zip(regenerated, direct[3:], strict=True))
+
+
+def test_rewind_is_bounded(model):
+    """Rewinding further back than the cache keeps raises a clear error."""
+    s, _ = run(model, 0, 8)
+    assert s.min_rewind_chunk == 8 - model.config.stream.rewind_chunks
+    with pytest.raises(EndlessError, match="rewind"):
+        s.rewind(s.min_rewind_chunk - 1)
+    with pytest.raises(EndlessError, match="already generated"):
+        s.set_prompt(OTHER, at_chunk=2)
+
+
+def test_bad_prompts_are_rejected_with_their_words(model):
+    """Empty, overlong, contradictory prompts and unknown words raise clear errors."""
+    s = Stream(model, PROMPT, seed=0)
+    with pytest.raises(PromptError, match="empty"):
+        s.set_prompt("   ")
+    with pytest.raises(PromptError, match="longer"):
+        s.set_prompt("red " * 300)
+    with pytest.raises(PromptError, match="two colours"):
+        s.set_prompt("a red blue circle")
+    with pytest.raises(UnknownWordsError) as err:
+        s.set_prompt("a purple circle dancing")
+    assert err.value.words == ("purple", "dancing")
+    assert s.prompt_for(0) == PROMPT  # nothing changed
+
+
+def test_chunk_by_chunk_decoding_has_no_seams(model):
+    """Decoding latents chunk by chunk with carry-over equals decoding them whole."""
+    vae = model.vae
+    torch.manual_seed(1)
+    z = torch.randn(1, model.config.vae.z_dim, 6, 8, 8)
+    with torch.no_grad():
+        whole, _ = vae.decode(z)
+        a, state = vae.decode(z[:, :, :2])
+        b, state = vae.decode(z[:, :, 2:4], state)
+        c, _ = vae.decode(z[:, :, 4:], state)
+    assert (torch.cat([a, b, c], dim=2) - whole).abs().max().item() < 1e-4
+    with torch.no_grad():
+        enc_whole, _ = vae.encode(whole)
+        e1, st = vae.encode(whole[:, :, :8])
+        e2, _ = vae.encode(whole[:, :, 8:], st)
+    assert (torch.cat([e1, e2], dim=2) - enc_whole).abs().max().item() < 1e-4
+
+
+def test_positions_stay_bounded():
+    """Rotary positions never exceed sink + window + chunk, however long the stream."""
+    m = pico_model()
+    s = Stream(m, PROMPT, seed=0)
+    sc: StreamConfig = m.config.stream
+    for _ in range(50):
+        plan = s.plan()
+        assert plan.n_context + s.chunk_frames <= (
+            sc.sink_latent_frames + sc.window_latent_frames + sc.chunk_latent_frames
+        )
+        s.commit(plan, s.denoise(plan))
