@@ -261,6 +261,10 @@ class LiveSession:
     async def send(self, msg: dict[str, Any]) -> None:
         await self.ws.send(json.dumps(msg))
 
+    async def send_raw(self, data: str | bytes) -> None:
+        """Send a message as is (for testing how the server takes bad input)."""
+        await self.ws.send(data)
+
     async def request(self, msg: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
         """Send a request and wait for its reply; an error reply raises ServerError."""
         seq = next(self._seq)

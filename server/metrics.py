@@ -7,6 +7,7 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+STAGES = ("text", "plan", "recache", "denoise", "cache", "decode", "total")  # Stream.stats.ms
 STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
 ENCODE_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064)
 
@@ -71,6 +72,17 @@ class Metrics:
             "than real time)",
             registry=r,
         )
+
+        # Known label values are exported at zero from the start.
+        for stage in STAGES:
+            self.chunk_seconds.labels(stage)
+        for codec in ("vp8", "h264"):
+            self.encode_seconds.labels(codec)
+            self.encodes.labels(codec)
+        for reason in ("prompt_switch", "slow_viewer"):
+            self.frames_dropped.labels(reason)
+        for reason in ("stall", "pause"):
+            self.held_frames.labels(reason)
 
     def watch_queue(self, name: str, depth: Callable[[], float]) -> None:
         self.queue_depth.labels(name).set_function(depth)

@@ -139,6 +139,11 @@ class GenerationWorker:
         return not self._thread.is_alive()
 
     @property
+    def stream_ids(self) -> list[str]:
+        """Streams the worker holds now (a snapshot, for tests and stats)."""
+        return [j.stream_id for j in list(self._jobs)]
+
+    @property
     def alive(self) -> bool:
         return self._thread.is_alive()
 

@@ -1,0 +1,68 @@
+"""The model worker thread with the real engine, without an event loop."""
+
+from __future__ import annotations
+
+import queue
+
+import numpy as np
+from conftest import timeout
+
+from memory.stream import Stream
+from server.playout import Playout
+from server.worker import ChangePlan, ChunkReady, GenerationWorker, OpenStream, StreamOpened
+
+A = "a big red circle bouncing over the ocean"
+B = "a small blue square moving left in the snow"
+
+
+def next_result(worker: GenerationWorker, wait: float = 10.0):
+    return worker.results.get(timeout=timeout(wait))
+
+
+def test_worker_runs_ahead_by_a_bounded_buffer_and_a_switch_regenerates_like_offline(
+    tiny_model,
+):
+    """The worker stops `ahead` chunks past playback; after a switch its chunks equal an
+    offline Stream whose prompt changes at the same chunk (rewind is exact)."""
+    worker = GenerationWorker(tiny_model, 2, 8, 8, 1, notify=lambda: None)
+    worker.start()
+    try:
+        assert worker.submit(OpenStream("s", A, 0))
+        opened = next_result(worker)
+        assert isinstance(opened, StreamOpened) and opened.frames_per_chunk == 12
+        play = Playout(A, 12, 24, ahead_chunks=2)
+        got = {}
+        for _ in range(3):
+            ready = next_result(worker)
+            assert isinstance(ready, ChunkReady) and play.accept(ready.chunk)
+            got[ready.chunk.index] = ready.chunk.frames
+        assert sorted(got) == [0, 1, 2]
+        try:  # chunk 0 playing, 2 ahead: the worker must wait for playback
+            extra = worker.results.get(timeout=0.5)
+            raise AssertionError(f"generated past the buffer: {extra}")
+        except queue.Empty:
+            pass
+        play.step()  # frame 0 on screen: the first unplayed boundary is chunk 1
+        frame, change = play.set_prompt(B)
+        assert frame == 12 and change.rewind_to == 1
+        assert worker.submit(ChangePlan("s", change))
+        worker.set_progress("s", play.play_chunk)
+        for _ in range(2):
+            ready = next_result(worker)
+            assert play.accept(ready.chunk)
+            got[ready.chunk.index] = ready.chunk.frames
+    finally:
+        assert worker.stop(timeout(10))
+    offline = Stream(tiny_model, A, seed=0)
+    expected = [offline.next_chunk()]
+    offline.set_prompt(B, at_chunk=1)
+    expected += [offline.next_chunk(), offline.next_chunk()]
+    for k in range(3):
+        assert np.array_equal(got[k], expected[k])
+
+
+def test_a_full_command_queue_refuses_instead_of_blocking(tiny_model):
+    """When the command queue is full, submit returns False at once (the loop never waits)."""
+    worker = GenerationWorker(tiny_model, 2, 1, 1, 1, notify=lambda: None)  # not started
+    assert worker.can_submit() and worker.submit(OpenStream("a", A, 0))
+    assert not worker.can_submit() and not worker.submit(OpenStream("b", A, 0))
