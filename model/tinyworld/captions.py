@@ -142,20 +142,21 @@ def sample_clip(
 
 
 def evaluation_prompts(n: int, seed: int = 0) -> list[str]:
-    """n full prompts (all five attributes): half on held-out triples, half on seen ones,
-    cycling through shapes, sizes, motions and backgrounds so every word appears."""
+    """n full prompts (all five attributes): even ones on held-out triples, odd ones on
+    seen triples. Motions, sizes, and the seen shapes and backgrounds are cycled so that
+    n >= 28 names every word of the vocabulary."""
     rng = np.random.default_rng(seed)
     held = held_out_triples()
     order = rng.permutation(len(held))
     prompts = []
     for i in range(n):
-        if i % 2 == 0:
-            c, s, b = held[int(order[(i // 2) % len(held)])]
-        else:
-            a = random_attributes(rng)
-            c, s, b = a.colour, a.shape, a.background
         j = i // 2
-        size, motion = SIZE_NAMES[j % 2], MOTIONS[j % len(MOTIONS)]
+        if i % 2 == 0:
+            c, s, b = held[int(order[j % len(held)])]
+        else:
+            s, b = SHAPES[j % len(SHAPES)], BACKGROUND_NAMES[j % len(BACKGROUND_NAMES)]
+            c = _pick(rng, tuple(c for c in COLOUR_NAMES if not is_held_out(c, s, b)))
+        size, motion = SIZE_NAMES[j % len(SIZE_NAMES)], MOTIONS[j % len(MOTIONS)]
         a = Attributes(colour=c, shape=s, size=size, motion=motion, background=b)
         prompts.append(a.caption())
     return prompts

@@ -82,7 +82,7 @@ def random_attributes_from(rng: np.random.Generator, attrs: Attributes) -> Attri
     return attrs.merged_over(Attributes(**{k: str(rng.choice(v)) for k, v in pick.items()}))
 
 
-def _shape_distance(shape: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarray:
+def shape_distance(shape: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarray:
     """Signed distance (pixels, < 0 inside) of a shape with half-side r at the origin."""
     if shape == "circle":
         return np.hypot(dx, dy) - r
@@ -307,7 +307,7 @@ class World:
         c0, r0 = math.floor(cx - r) - 1, math.floor(cy - r) - 1
         dx = (np.arange(c0, c0 + n, dtype=np.float32) + 0.5 - cx)[None, :]
         dy = (np.arange(r0, r0 + n, dtype=np.float32) + 0.5 - cy)[:, None]
-        alpha = np.clip(0.5 - _shape_distance(a.shape, dx, dy, r), 0.0, 1.0)[..., None]
+        alpha = np.clip(0.5 - shape_distance(a.shape, dx, dy, r), 0.0, 1.0)[..., None]
         colour = np.asarray(COLOURS[a.colour], np.float32)
         if 0 <= c0 and c0 + n <= s and 0 <= r0 and r0 + n <= s:
             win = out[r0 : r0 + n, c0 : c0 + n]
