@@ -1,0 +1,113 @@
+"""Offline render: a prompt timeline -> an MP4 file, generated and written chunk by chunk."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from memory.stream import Stream
+from model.bundle import VideoModel
+from model.errors import ConfigError, RenderError
+from model.storyboard import chunk_at
+from server.video_file import Mp4Writer
+
+MAX_SECONDS = 24 * 3600  # longer renders are almost surely a typo
+
+
+@dataclass
+class RenderProgress:
+    chunk: int
+    chunks: int
+    video_seconds: float
+    wall_seconds: float
+
+    @property
+    def realtime_factor(self) -> float:
+        return self.video_seconds / max(self.wall_seconds, 1e-9)
+
+
+@dataclass
+class RenderResult:
+    path: Path
+    frames: int
+    video_seconds: float
+    wall_seconds: float
+    realtime_factor: float
+
+
+def resolve_model(spec: str, threads: int | None = None) -> VideoModel:
+    """'tiny' (shipped weights), 'random:PRESET' (random init), or a checkpoint path."""
+    if threads:
+        torch.set_num_threads(threads)
+    if spec == "tiny":
+        return VideoModel.load_default()
+    if spec.startswith("random:"):
+        return VideoModel.from_seed(0, spec.split(":", 1)[1], dtype=torch.bfloat16)
+    if Path(spec).suffix == ".safetensors" or Path(spec).exists():
+        return VideoModel.load(spec)
+    raise ConfigError(
+        f"unknown model {spec!r}: use 'tiny', 'random:PRESET' or a .safetensors path", value=spec
+    )
+
+
+def check_duration(seconds: float) -> None:
+    if not isinstance(seconds, int | float) or not math.isfinite(seconds) or seconds <= 0:
+        raise RenderError(
+            f"duration must be a positive number of seconds, got {seconds}", value=seconds
+        )
+    if seconds > MAX_SECONDS:
+        raise RenderError(
+            f"duration {seconds} s is over the limit of {MAX_SECONDS} s", value=seconds
+        )
+
+
+def render_video(
+    model: VideoModel,
+    timeline: list[tuple[float, str]],
+    seconds: float,
+    path: str | Path,
+    seed: int = 0,
+    steps: int | None = None,
+    guidance: float | None = None,
+    on_progress: Callable[[RenderProgress], None] | None = None,
+) -> RenderResult:
+    """Generate `seconds` of video following `timeline` [(at_seconds, prompt)] into `path`.
+
+    All prompts are validated before anything is generated; the file is written while
+    generating, so memory stays flat however long the video.
+    """
+    check_duration(seconds)
+    timeline = sorted(timeline)
+    if not timeline:
+        raise RenderError("nothing to render: no prompt given")
+    stream = Stream(model, timeline[0][1], seed=seed, steps=steps, guidance=guidance)
+    fpc = stream.frames_per_chunk
+    switches = [(chunk_at(at, stream.fps, fpc), text) for at, text in timeline[1:]]
+    for k, text in switches:  # validate every prompt up front
+        model.text.encode_strict(text)
+    total_frames = round(seconds * stream.fps)
+    chunks = math.ceil(total_frames / fpc)
+    pending = sorted(switches)
+    written = 0
+    t0 = time.perf_counter()
+    with Mp4Writer(path, stream.fps, stream.width, stream.height) as writer:
+        for k in range(chunks):
+            while pending and pending[0][0] <= k:
+                _, text = pending.pop(0)
+                stream.set_prompt(text)
+            frames = stream.next_chunk()
+            frames = frames[: total_frames - written]
+            writer.write(frames)
+            written += len(frames)
+            if on_progress:
+                on_progress(
+                    RenderProgress(k + 1, chunks, written / stream.fps, time.perf_counter() - t0)
+                )
+    wall = time.perf_counter() - t0
+    video = written / stream.fps
+    return RenderResult(Path(path), written, video, wall, video / max(wall, 1e-9))

@@ -1,0 +1,83 @@
+"""`endless render`: generate a video file offline from a prompt or a storyboard."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from model.errors import RenderError
+from model.storyboard import load_storyboard
+from server.offline import RenderProgress, check_duration, render_video, resolve_model
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("prompt", nargs="?", help='e.g. "a big red circle bouncing over the ocean"')
+    p.add_argument("--storyboard", help='JSON file: [{"at": 0, "prompt": "..."}, ...]')
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=None,
+        help="video length (default 60, or 20 s past the storyboard's last item)",
+    )
+    p.add_argument("-o", "--output", required=True, help="output .mp4 path")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=None, help="denoising steps per chunk")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance")
+    p.add_argument(
+        "--model", default="tiny", help="'tiny' (shipped), 'random:PRESET' or a .safetensors path"
+    )
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def progress_bar(p: RenderProgress) -> None:
+    width = 30
+    done = int(width * p.chunk / p.chunks)
+    sys.stderr.write(
+        f"\r[{'#' * done}{'.' * (width - done)}] {p.video_seconds:7.1f}s of video  "
+        f"{p.chunk}/{p.chunks} chunks  realtime x{p.realtime_factor:.2f}"
+    )
+    sys.stderr.flush()
+
+
+def run(args: argparse.Namespace) -> int:
+    if (args.prompt is None) == (args.storyboard is None):
+        raise RenderError("give either a PROMPT or --storyboard FILE (not both)")
+    if args.storyboard is not None:
+        timeline = load_storyboard(args.storyboard)
+        if timeline[0][0] != 0:
+            raise RenderError("the storyboard's first item must be at 0 seconds")
+        seconds = args.seconds if args.seconds is not None else timeline[-1][0] + 20.0
+    else:
+        timeline = [(0.0, args.prompt)]
+        seconds = 60.0 if args.seconds is None else args.seconds
+    check_duration(seconds)
+    out = Path(args.output)
+    if out.suffix.lower() != ".mp4":
+        raise RenderError(f"output must be an .mp4 file, got {out}", value=str(out))
+    if not out.parent.exists():
+        raise RenderError(f"output folder {out.parent} does not exist", value=str(out))
+    if not os.access(out.parent, os.W_OK):
+        raise RenderError(f"output folder {out.parent} is not writable", value=str(out))
+    model = resolve_model(args.model, args.threads)
+    for _, text in timeline:
+        model.text.encode_strict(text)
+    result = render_video(
+        model,
+        timeline,
+        seconds,
+        out,
+        seed=args.seed,
+        steps=args.steps,
+        guidance=args.guidance,
+        on_progress=None if args.quiet else progress_bar,
+    )
+    if not args.quiet:
+        sys.stderr.write("\n")
+    print(
+        f"wrote {result.path} ({result.frames} frames, {result.video_seconds:.1f} s) in "
+        f"{result.wall_seconds:.1f} s: realtime x{result.realtime_factor:.2f}"
+    )
+    return 0

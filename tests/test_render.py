@@ -1,0 +1,118 @@
+"""Offline render: MP4 written while generating, storyboards, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from model.bundle import VideoModel
+from model.errors import RenderError, StoryboardError, UnknownWordsError
+from model.storyboard import chunk_at, parse_storyboard
+from server.cli import main
+from server.offline import render_video
+from server.video_file import read_frames
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def model() -> VideoModel:
+    return VideoModel.from_seed(0, "micro")
+
+
+def test_render_writes_an_mp4_that_decodes_to_the_expected_frames(model, tmp_path):
+    """A 2.5 s render at 24 fps decodes back to 60 frames of the model's size."""
+    out = tmp_path / "out.mp4"
+    timeline = [(0.0, "a red circle"), (1.0, "a blue ring in the snow")]
+    result = render_video(model, timeline, 2.5, out, seed=1)
+    frames = list(read_frames(out))
+    assert result.frames == 60 and len(frames) == 60
+    assert frames[0].shape == (64, 64, 3)
+
+
+def test_render_is_deterministic_for_a_seed(model, tmp_path):
+    """Two renders with one seed give the same decoded frames."""
+    a, b = tmp_path / "a.mp4", tmp_path / "b.mp4"
+    for p in (a, b):
+        render_video(model, [(0.0, "a green square")], 1.0, p, seed=4)
+    fa, fb = list(read_frames(a)), list(read_frames(b))
+    assert all((x == y).all() for x, y in zip(fa, fb, strict=True))
+
+
+def test_switch_times_map_to_the_first_chunk_at_or_after_them():
+    """A storyboard time becomes the chunk that starts at or after it."""
+    assert chunk_at(0, 24, 12) == 0
+    assert chunk_at(20, 24, 12) == 40
+    assert chunk_at(20.01, 24, 12) == 41
+
+
+def test_storyboards_are_validated():
+    """Malformed storyboards raise StoryboardError naming the problem."""
+    assert parse_storyboard([{"at": 5, "prompt": "b"}, {"at": 0, "prompt": "a"}]) == [
+        (0.0, "a"),
+        (5.0, "b"),
+    ]
+    for bad in (
+        [],
+        {},
+        [{"at": -1, "prompt": "x"}],
+        [{"at": "0", "prompt": "x"}],
+        [{"at": 0}],
+        [{"at": 0, "prompt": "a"}, {"at": 0, "prompt": "b"}],
+        [{"at": float("nan"), "prompt": "x"}],
+        [{"at": 0, "prompt": 3}],
+    ):
+        with pytest.raises(StoryboardError):
+            parse_storyboard(bad)
+
+
+def test_render_rejects_bad_input(model, tmp_path):
+    """Bad durations, unknown words and unwritable paths fail before generating."""
+    with pytest.raises(RenderError):
+        render_video(model, [(0.0, "a red circle")], -1, tmp_path / "x.mp4")
+    with pytest.raises(RenderError):
+        render_video(model, [(0.0, "a red circle")], 10**9, tmp_path / "x.mp4")
+    with pytest.raises(UnknownWordsError):
+        render_video(model, [(0.0, "a red circle"), (1.0, "a zebra")], 2, tmp_path / "x.mp4")
+    with pytest.raises(RenderError):
+        render_video(model, [(0.0, "a red circle")], 1, tmp_path)
+
+
+def test_cli_reports_errors_and_renders_storyboards(tmp_path, capsys):
+    """`endless render` exits 2 with a clear message on bad input, 0 on a storyboard."""
+    assert (
+        main(
+            ["render", "a purple circle", "--model", "random:micro", "-o", str(tmp_path / "a.mp4")]
+        )
+        == 2
+    )
+    assert "purple" in capsys.readouterr().err
+    assert main(["render", "", "--model", "random:micro", "-o", str(tmp_path / "a.mp4")]) == 2
+    assert "empty" in capsys.readouterr().err
+    story = tmp_path / "s.json"
+    story.write_text(
+        json.dumps([{"at": 0, "prompt": "a red circle"}, {"at": 0.5, "prompt": "a cyan ring"}])
+    )
+    out = tmp_path / "s.mp4"
+    assert (
+        main(
+            [
+                "render",
+                "--storyboard",
+                str(story),
+                "--seconds",
+                "1",
+                "--model",
+                "random:micro",
+                "--threads",
+                "1",
+                "--quiet",
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert len(list(read_frames(out))) == 24
