@@ -88,7 +88,7 @@ def render_video(
     stream = Stream(model, timeline[0][1], seed=seed, steps=steps, guidance=guidance)
     fpc = stream.frames_per_chunk
     switches = [(chunk_at(at, stream.fps, fpc), text) for at, text in timeline[1:]]
-    for k, text in switches:  # validate every prompt up front
+    for _, text in switches:  # validate every prompt up front
         model.text.encode_strict(text)
     total_frames = round(seconds * stream.fps)
     chunks = math.ceil(total_frames / fpc)
