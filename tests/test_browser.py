@@ -1,0 +1,114 @@
+"""The browser viewer in a real headless Chromium (Debian's, driven by Playwright)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from conftest import timeout
+
+playwright = pytest.importorskip("playwright.async_api")
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(shutil.which(CHROMIUM) is None, reason="Debian chromium not installed"),
+]
+FLAGS = [
+    "--disable-features=WebRtcHideLocalIpsWithMdns",  # plain host candidates (aioice)
+    "--autoplay-policy=no-user-gesture-required",
+]
+
+DECODED = """async () => {
+  const stats = await window.endless.pc.getStats();
+  let n = 0;
+  stats.forEach((r) => {
+    if (r.type === "inbound-rtp" && r.kind === "video") n = r.framesDecoded;
+  });
+  return {decoded: n, time: document.getElementById("video").currentTime};
+}"""
+
+SNAPSHOT = """() => {
+  const v = document.getElementById("video");
+  const c = document.createElement("canvas");
+  c.width = v.videoWidth; c.height = v.videoHeight;
+  const g = c.getContext("2d");
+  g.drawImage(v, 0, 0);
+  return Array.from(g.getImageData(0, 0, c.width, c.height).data);
+}"""
+
+
+@pytest.fixture
+async def page():
+    async with playwright.async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        try:
+            yield await browser.new_page()
+        finally:
+            await browser.close()
+
+
+async def test_page_plays_the_stream_and_a_typed_prompt_is_acknowledged_and_shown(
+    live_server, page
+):
+    """The page connects by itself, decodes frames, and a typed prompt is applied and seen."""
+    server = await live_server()
+    await page.goto(server.url)
+    ms = timeout(20) * 1000
+    await page.wait_for_function("window.endless.pc !== null", timeout=ms)
+    await page.wait_for_function("document.getElementById('video').currentTime > 1", timeout=ms)
+    first = await page.evaluate(DECODED)
+    await page.wait_for_timeout(1000)
+    second = await page.evaluate(DECODED)
+    assert second["decoded"] - first["decoded"] >= 15  # ~24 fps
+    assert second["time"] > first["time"] + 0.5
+    assert "?stream=" in page.url and len(server.streams) == 1
+    before = await page.evaluate(SNAPSHOT)
+
+    await page.fill("#prompt", "a small blue square moving left in the snow")
+    await page.click("#send")
+    await page.wait_for_function("window.endless.applied.length === 1", timeout=ms)
+    applied = await page.evaluate("window.endless.applied[0]")
+    assert applied["type"] == "prompt_applied" and applied["frame"] % 12 == 0
+    assert "Applied" in await page.inner_text("#message")
+    await page.wait_for_function("window.endless.switchLatency !== null", timeout=ms)
+    assert await page.evaluate("window.endless.shownFrame") >= applied["frame"]
+    after = await page.evaluate(SNAPSHOT)
+    assert after != before
+    live = next(iter(server.streams.values()))
+    assert live.playout.plan.prompt_at(applied["frame"] // 12) == applied["prompt"]
+    await page.wait_for_function(
+        "document.getElementById('stat-cache').textContent.includes('MiB')", timeout=ms
+    )
+
+
+async def test_page_reports_unknown_words_clearly(live_server, page):
+    """A prompt with unknown words shows them in the page, and the video keeps playing."""
+    server = await live_server()
+    await page.goto(server.url)
+    ms = timeout(20) * 1000
+    await page.wait_for_function("window.endless.viewer !== null", timeout=ms)
+    await page.fill("#prompt", "a glittering unicorn circle")
+    await page.click("#send")
+    await page.wait_for_function("window.endless.errors.length === 1", timeout=ms)
+    message = await page.inner_text("#message")
+    assert "Unknown words" in message and "glittering" in message and "unicorn" in message
+    assert await page.get_attribute("#message", "data-code") == "unknown_words"
+    t0 = (await page.evaluate(DECODED))["time"]
+    await page.wait_for_function(
+        f"document.getElementById('video').currentTime > {t0 + 0.5}", timeout=ms
+    )
+
+
+async def test_a_second_page_joins_a_stream_from_its_url(live_server, page):
+    """Opening ?stream=ID joins that stream instead of creating a new one."""
+    server = await live_server()
+    await page.goto(server.url)
+    ms = timeout(20) * 1000
+    await page.wait_for_function("window.endless.stream !== null", timeout=ms)
+    url = page.url
+    second = await page.context.browser.new_page()
+    await second.goto(url)
+    await second.wait_for_function("document.getElementById('video').currentTime > 0.5", timeout=ms)
+    assert len(server.streams) == 1
+    (live,) = server.streams.values()
+    assert len(live.viewers) == 2 and len(live.encoders) == 1

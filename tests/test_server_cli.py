@@ -1,0 +1,43 @@
+"""`endless serve` as a user runs it: prints its URL, answers /healthz, stops on Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+from conftest import timeout
+
+
+def test_serve_prints_its_url_is_healthy_and_stops_cleanly_on_sigint():
+    """`endless serve --port 0` prints the URL to open, serves /healthz, exits 0 on SIGINT."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "serve", "--port", "0", "--model", "random"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + timeout(60)
+        url = None
+        while url is None and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            m = re.search(r"serving on (http://\S+/)", line)
+            url = m.group(1) if m else None
+        assert url, "serve printed no URL"
+        with urllib.request.urlopen(url + "healthz", timeout=5) as r:
+            assert r.status == 200
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout(20)) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
