@@ -397,6 +397,7 @@ def evaluate_frames(
     """Score frames (each (S, S, 3) uint8) against [(at_seconds, prompt), ...]."""
     if chunk_frames < 3:
         raise StoryboardError("chunk_frames must be at least 3", value=chunk_frames)
+    timeline_segments(timeline, 0, fps)  # bad prompts fail before any frame is read
     reader: FrameReader | None = None
     reads: list[FrameRead] = []
     brightness: list[float] = []
