@@ -80,6 +80,7 @@ class LiveStream:
         self._counted = {"stalls": 0, "dropped": 0}
         self._shown_since_stats = 0
         self._task: asyncio.Task | None = None
+        self._switch: dict[str, Any] | None = None  # the latest prompt switch, being timed
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"play-{self.id}")
@@ -98,6 +99,9 @@ class LiveStream:
         self.cache_bytes = ready.cache_bytes
         if self.playout.accept(ready.chunk) and ready.chunk.index == self.playout.play_chunk:
             self._first_chunk.set()
+        sw = self._switch
+        if sw is not None and (ready.chunk.epoch, ready.chunk.index) == (sw["epoch"], sw["chunk"]):
+            sw["ready_ms"] = (time.monotonic() - sw["t0"]) * 1e3
         self._count_drops()
 
     def _count_drops(self) -> None:
@@ -123,6 +127,14 @@ class LiveStream:
         self._check_room()
         frame, change = self.playout.set_prompt(text)
         self._apply(change)
+        if change is not None:
+            self._switch = {
+                "epoch": change.epoch,
+                "chunk": change.rewind_to,
+                "frame": frame,
+                "t0": time.monotonic(),
+                "ready_ms": None,
+            }
         return frame
 
     def set_storyboard(self, items: list[tuple[float, str]]) -> list[int]:
@@ -353,6 +365,21 @@ class LiveStream:
                     "tick": shown.tick,
                     "frame": shown.index,
                     "held": shown.held,
+                }
+            )
+        sw = self._switch
+        if sw is not None and not shown.held and shown.index == sw["frame"]:
+            self._switch = None
+            shown_ms = (time.monotonic() - sw["t0"]) * 1e3
+            self.metrics.switch_seconds.observe(shown_ms / 1e3)
+            self.broadcast(
+                {
+                    "type": "prompt_shown",
+                    "stream": self.id,
+                    "frame": sw["frame"],
+                    "tick": shown.tick,
+                    "ready_ms": round(sw["ready_ms"] or 0, 1),
+                    "shown_ms": round(shown_ms, 1),
                 }
             )
         if shown.held:

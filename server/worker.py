@@ -21,6 +21,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -125,7 +126,9 @@ class GenerationWorker:
         self._jobs: list[_Job] = []
         self._turn = 0
         self._thread = threading.Thread(target=self._run, name="endless-model", daemon=True)
-        self.busy_seconds = 0.0  # time spent generating, for the realtime factor
+        self._held: deque[OpenStream | ChangePlan] = deque()  # commands taken mid-chunk
+        self.busy_seconds = 0.0  # time spent generating
+        self.abandoned = 0  # chunks dropped between stages because a switch made them stale
 
     # -- called from the event loop --------------------------------------------------------
     def start(self) -> None:
@@ -202,12 +205,16 @@ class GenerationWorker:
         for job in self._jobs:
             job.play_chunk = progress.get(job.stream_id, job.play_chunk)
 
+    def _next_command(self) -> OpenStream | ChangePlan | None:
+        if self._held:
+            return self._held.popleft()
+        try:
+            return self.commands.get_nowait()
+        except queue.Empty:
+            return None
+
     def _take_commands(self) -> None:
-        while True:
-            try:
-                cmd = self.commands.get_nowait()
-            except queue.Empty:
-                return
+        while (cmd := self._next_command()) is not None:
             try:
                 if isinstance(cmd, OpenStream):
                     self._open(cmd)
@@ -236,7 +243,25 @@ class GenerationWorker:
         if change.rewind_to < job.stream.chunk_index:
             job.stream.rewind(change.rewind_to)
 
+    def _superseded(self, job: _Job, chunk: int) -> bool:
+        """Has a plan change for this stream, not yet applied, made `chunk` stale?
+
+        Moves waiting commands to `_held` (kept in order, applied next iteration)."""
+        while True:
+            try:
+                self._held.append(self.commands.get_nowait())
+            except queue.Empty:
+                break
+        return any(
+            isinstance(c, ChangePlan)
+            and c.stream_id == job.stream_id
+            and c.change.rewind_to <= chunk
+            for c in self._held
+        )
+
     def _generate(self, job: _Job) -> None:
+        """One chunk, stage by stage (Stream.plan/denoise/commit); a chunk a plan change
+        made stale is abandoned before its next stage (nothing is committed)."""
         stream = job.stream
         k = stream.chunk_index
         try:
@@ -244,21 +269,28 @@ class GenerationWorker:
             if stream.prompt_for(k) != want:
                 stream.set_prompt(want, at_chunk=k)
             t0 = time.perf_counter()
-            frames = stream.next_chunk()
-            self.busy_seconds += time.perf_counter() - t0
+            plan = stream.plan()
+            t1 = time.perf_counter()
+            if self._superseded(job, k):
+                self.abandoned += 1
+                return
+            latents = stream.denoise(plan)
+            t2 = time.perf_counter()
+            if self._superseded(job, k):
+                self.busy_seconds += t2 - t0
+                self.abandoned += 1
+                return
+            frames = stream.commit(plan, latents)
+            t3 = time.perf_counter()
+            self.busy_seconds += t3 - t0
         except Exception as exc:
             log.exception("model worker: stream %s failed at chunk %d", job.stream_id, k)
             self._jobs.remove(job)
             self._fail(job.stream_id, exc)
             return
-        self._put(
-            ChunkReady(
-                job.stream_id,
-                Chunk(k, job.epoch, frames),
-                dict(stream.stats.ms),
-                stream.stats.cache_bytes,
-            )
-        )
+        ms = dict(stream.stats.ms)  # the stages fill text/recache/cache/decode themselves
+        ms.update(plan=(t1 - t0) * 1e3, denoise=(t2 - t1) * 1e3, total=(t3 - t0) * 1e3)
+        self._put(ChunkReady(job.stream_id, Chunk(k, job.epoch, frames), ms, stream.cache.nbytes))
 
     def _fail(self, stream_id: str, exc: Exception) -> None:
         code = exc.code if isinstance(exc, EndlessError) else "internal"

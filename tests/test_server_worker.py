@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+import time
 
 import numpy as np
 from conftest import timeout
@@ -66,3 +67,36 @@ def test_a_full_command_queue_refuses_instead_of_blocking(tiny_model):
     worker = GenerationWorker(tiny_model, 2, 1, 1, 1, notify=lambda: None)  # not started
     assert worker.can_submit() and worker.submit(OpenStream("a", A, 0))
     assert not worker.can_submit() and not worker.submit(OpenStream("b", A, 0))
+
+
+def test_a_switch_arriving_mid_chunk_still_regenerates_exactly(tiny_model):
+    """A plan change that lands while a chunk is being generated (abandoned or finished
+    and dropped) still leaves the stream equal to the offline timeline."""
+    worker = GenerationWorker(tiny_model, 2, 8, 8, 1, notify=lambda: None)
+    worker.start()
+    play = Playout(A, 12, 24, ahead_chunks=2)
+    got = {}
+    try:
+        worker.submit(OpenStream("s", A, 0))
+        next_result(worker)
+        for _ in range(3):
+            ready = next_result(worker)
+            play.accept(ready.chunk)
+        for _ in range(12):  # chunk 0 shown: chunk 3 may now be generated
+            play.step()
+        worker.set_progress("s", play.play_chunk)
+        time.sleep(0.06)  # chunk 3 is under way
+        frame, change = play.set_prompt(B)
+        assert frame == 12 and change.rewind_to == 1
+        worker.submit(ChangePlan("s", change))
+        while len(got) < 3:
+            ready = next_result(worker)
+            if play.accept(ready.chunk):
+                got[ready.chunk.index] = ready.chunk.frames
+    finally:
+        assert worker.stop(timeout(10))
+    offline = Stream(tiny_model, A, seed=0)
+    offline.next_chunk()
+    offline.set_prompt(B, at_chunk=1)
+    for k in (1, 2, 3):
+        assert np.array_equal(got[k], offline.next_chunk())

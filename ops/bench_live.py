@@ -1,0 +1,189 @@
+"""Live server benchmark: time to first frame, prompt switch latency, client-side frame
+jitter and stalls for N concurrent streams. Clients are aiortc viewers (client/session.py).
+
+    .venv/bin/python ops/bench_live.py                  # in-process server, tiny model
+    .venv/bin/python ops/bench_live.py --url ws://HOST:PORT/ws --streams 1 2 3
+
+Time to first frame: websocket connect -> first decoded frame at the client (new stream).
+Switch latency: prompt sent -> first decoded frame generated under the new prompt (its
+index >= the frame named in prompt_applied). Jitter: p99 of |frame interval - 1/fps| at
+the client. Stalls: times the server's playback ran dry (from its stats).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+PROMPTS = [
+    "a big red circle bouncing over the ocean",
+    "a small blue square moving left in the snow",
+    "a big yellow triangle circling in the desert",
+    "a small cyan ring moving up in the night",
+]
+
+
+async def time_to_first_frame(url: str) -> float:
+    from client.session import LiveSession
+
+    t0 = time.monotonic()
+    async with LiveSession(url) as s:
+        stream = (await s.create(PROMPTS[0]))["stream"]
+        viewer = await s.watch(stream, keep_images=False)
+        frames = await viewer.wait_frames(1, timeout=30)
+        ttff = frames[0].received - t0
+        await s.stop(stream)
+    return ttff
+
+
+async def switch_latencies(
+    url: str, switches: int, rng: random.Random
+) -> tuple[list[float], list[tuple[float, float]]]:
+    """Client-side latencies, and the server's (chunk ready, frame shown) ms for each."""
+    from client.session import LiveSession
+
+    out, parts = [], []
+    async with LiveSession(url) as s:
+        stream = (await s.create(PROMPTS[0]))["stream"]
+        viewer = await s.watch(stream, keep_images=False)
+        await viewer.wait_frames(24, timeout=30)
+        for i in range(switches):
+            await asyncio.sleep(rng.uniform(0.7, 1.3))  # land anywhere within a chunk
+            sent = time.monotonic()
+            applied = await s.prompt(stream, PROMPTS[(i + 1) % len(PROMPTS)])
+            frame = await viewer.wait_index(applied["frame"], timeout=30)
+            out.append(frame.received - sent)
+            shown = await s.wait_event(
+                lambda e, f=applied["frame"]: e["type"] == "prompt_shown" and e["frame"] == f,
+                timeout=5,
+            )
+            parts.append((shown["ready_ms"], shown["shown_ms"]))
+        await s.stop(stream)
+    return out, parts
+
+
+async def concurrent(url: str, n: int, seconds: float) -> dict:
+    from client.session import LiveSession
+
+    sessions = [await LiveSession(url).connect() for _ in range(n)]
+    try:
+        streams = [
+            (await s.create(PROMPTS[i % len(PROMPTS)]))["stream"] for i, s in enumerate(sessions)
+        ]
+        viewers = [
+            await s.watch(st, keep_images=False) for s, st in zip(sessions, streams, strict=True)
+        ]
+        await asyncio.gather(*(v.wait_frames(24, timeout=30) for v in viewers))
+        start = [len(v.frames) for v in viewers]
+        stalls0 = [(await s.stats(st))["stalls"] for s, st in zip(sessions, streams, strict=True)]
+        await asyncio.sleep(seconds)
+        stats = [await s.stats(st) for s, st in zip(sessions, streams, strict=True)]
+        dev, fps = [], []
+        for v, k in zip(viewers, start, strict=True):
+            frames = v.frames[k:]
+            t = np.array([f.received for f in frames])
+            dev.extend(np.abs(np.diff(t) - 1 / 24))
+            fps.append((len(t) - 1) / (t[-1] - t[0]))
+        for s, st in zip(sessions, streams, strict=True):
+            await s.stop(st)
+        return {
+            "streams": n,
+            "jitter_p99_ms": float(np.percentile(dev, 99) * 1e3),
+            "jitter_p50_ms": float(np.percentile(dev, 50) * 1e3),
+            "fps": float(np.mean(fps)),
+            "stalls": sum(x["stalls"] for x in stats) - sum(stalls0),
+            "held_frames": sum(x["held_frames"] for x in stats),
+            "realtime_factor": float(np.mean([x["realtime_factor"] for x in stats])),
+        }
+    finally:
+        for s in sessions:
+            await s.close()
+
+
+async def main(args: argparse.Namespace) -> dict:
+    server = None
+    url = args.url
+    if url is None:
+        import torch
+
+        from server.app import LiveServer, load_model
+        from server.config import ServerConfig
+
+        torch.set_num_threads(1)
+        model = load_model(args.model)
+        server = await LiveServer(ServerConfig(grace_seconds=1.0, codec=args.codec), model).start()
+        url = server.ws_url
+    rng = random.Random(0)
+    results: dict = {"url": url, "model": args.model if server else "remote"}
+    try:
+        await time_to_first_frame(url)  # warm-up (imports, first encoder)
+        ttff = [await time_to_first_frame(url) for _ in range(args.runs)]
+        results["ttff_s"] = ttff
+        print(
+            f"time to first frame: median {statistics.median(ttff):.3f} s  "
+            f"(min {min(ttff):.3f}, max {max(ttff):.3f}, n={len(ttff)}; target <= 1.0 s)"
+        )
+        sw, parts = await switch_latencies(url, args.switches, rng)
+        results["switch_s"] = sw
+        results["switch_server_ms"] = parts
+        print(
+            f"prompt switch latency: median {statistics.median(sw):.3f} s  "
+            f"(p90 {np.percentile(sw, 90):.3f}, max {max(sw):.3f}, n={len(sw)}; "
+            f"target <= 0.5 s)"
+        )
+        ready, shown = zip(*parts, strict=True)
+        print(
+            f"  server side: new chunk ready after median {statistics.median(ready):.0f} ms, "
+            f"first frame shown after {statistics.median(shown):.0f} ms"
+        )
+        results["concurrent"] = []
+        for n in args.streams:
+            r = await concurrent(url, n, args.seconds)
+            results["concurrent"].append(r)
+            print(
+                f"{n} stream(s), {args.seconds:.0f} s: jitter p99 {r['jitter_p99_ms']:.1f} ms "
+                f"(p50 {r['jitter_p50_ms']:.1f}), {r['fps']:.1f} fps, stalls {r['stalls']}, "
+                f"realtime factor {r['realtime_factor']:.2f}"
+            )
+    finally:
+        if server is not None:
+            await server.close()
+    return results
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--url", help="benchmark a running server (default: start one in-process)")
+    p.add_argument("--model", default="tiny", help="tiny | random | checkpoint path")
+    p.add_argument("--codec", default="vp8", choices=["vp8", "h264"])
+    p.add_argument("--runs", type=int, default=5, help="time-to-first-frame repetitions")
+    p.add_argument("--switches", type=int, default=10, help="prompt switches to time")
+    p.add_argument(
+        "--streams",
+        type=int,
+        nargs="+",
+        default=[1, 2, 3],
+        help="concurrent stream counts to measure jitter and stalls at",
+    )
+    p.add_argument("--seconds", type=float, default=10.0, help="seconds per concurrency level")
+    p.add_argument("--json", type=Path, help="also write the figures here")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    import uvloop
+
+    args = parse_args()
+    results = uvloop.run(main(args))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
