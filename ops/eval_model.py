@@ -1,0 +1,142 @@
+"""Quality of a model, measured by the TinyWorld evaluator on generated video.
+
+    .venv/bin/python ops/eval_model.py --model model/weights/tiny.safetensors
+    .venv/bin/python ops/eval_model.py --model runs/dit/model.safetensors --prompts 50 --long 10
+
+Prompt set: `--prompts` full prompts, half of them on held-out (colour, shape, background)
+triples. Each becomes a clip of `--seconds` with a switch halfway to a prompt that changes
+1-3 attributes. Long horizon: one `--long`-minute stream cycling three prompts every 20 s;
+adherence of its first and last minute and their mean brightness are compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from memory.stream import Stream
+from model.bundle import VideoModel
+from model.storyboard import chunk_at
+from model.tinyworld.captions import evaluation_prompts, random_switch
+from model.tinyworld.evaluate import evaluate_frames
+from model.tinyworld.spec import parse_prompt
+
+
+def generate(model: VideoModel, timeline, seconds: float, seed: int, steps=None):
+    """Yield frames of a stream following timeline [(at, prompt)]."""
+    s = Stream(model, timeline[0][1], seed=seed, steps=steps)
+    switches = {chunk_at(at, s.fps, s.frames_per_chunk): p for at, p in timeline[1:]}
+    n = int(round(seconds * s.fps)) // s.frames_per_chunk
+    for k in range(n):
+        if k in switches:
+            s.set_prompt(switches[k])
+        yield from s.next_chunk()
+
+
+def weighted(reports, key: str, count: str) -> dict[str, float | None]:
+    out = {}
+    names = set().union(*(getattr(r, key).keys() for r in reports))
+    for name in sorted(names):
+        pairs = [(getattr(r, key)[name], getattr(r, count)) for r in reports
+                 if getattr(r, key).get(name) is not None and getattr(r, count)]
+        total = sum(c for _, c in pairs)
+        out[name] = sum(v * c for v, c in pairs) / total if total else None
+    return out
+
+
+def prompt_set(n: int, seconds: float, seed: int):
+    rng = np.random.default_rng(seed)
+    sets = []
+    for p in evaluation_prompts(n, seed):
+        new = random_switch(rng, parse_prompt(p).attributes)
+        sets.append([(0.0, p), (seconds / 2, new.caption())])
+    return sets
+
+
+def short_clips(model, args) -> dict:
+    reports = []
+    for i, timeline in enumerate(prompt_set(args.prompts, args.seconds, args.seed)):
+        frames = generate(model, timeline, args.seconds, seed=args.seed + i, steps=args.steps)
+        reports.append(evaluate_frames(frames, timeline, fps=24, chunk_frames=12))
+    switches = [s for r in reports for s in r.switches]
+    visible = [s.chunks_to_visible for s in switches]
+    jumps = [s.position_jump for s in switches if s.position_jump is not None]
+    return {
+        "clips": len(reports),
+        "adherence": weighted(reports, "adherence", "chunks_scored"),
+        "held_out": weighted(reports, "held_out", "chunks_held_out"),
+        "seen": weighted(reports, "seen", "chunks_seen"),
+        "switches": len(switches),
+        "switch_visible_within_2_chunks": (
+            sum(1 for v in visible if v is not None and v <= 2) / max(1, len(visible))),
+        "switch_position_jump_median_fw": statistics.median(jumps) if jumps else None,
+        "switch_position_jumps_measured": len(jumps),
+    }
+
+
+def long_horizon(model, args) -> dict:
+    prompts = evaluation_prompts(3, args.seed + 100)
+    seconds = args.long * 60
+    timeline = [(t, prompts[(t // 20) % 3]) for t in range(0, int(seconds), 20)]
+    minute = 24 * 60
+    first, last = [], []
+    total = int(seconds * 24)
+
+    def tee():
+        for i, f in enumerate(generate(model, timeline, seconds, seed=args.seed)):
+            if i < minute:
+                first.append(f)
+            elif i >= total - minute:
+                last.append(f)
+            yield f
+
+    whole = evaluate_frames(tee(), timeline, fps=24, chunk_frames=12)
+    start_last = (total - minute) / 24
+    tl_last = [(max(0.0, t - start_last), p) for t, p in timeline if t + 20 > start_last]
+    r_first = evaluate_frames(first, [x for x in timeline if x[0] < 60], fps=24)
+    r_last = evaluate_frames(last, tl_last, fps=24)
+    b = whole.brightness_per_minute
+    return {
+        "minutes": args.long,
+        "adherence_first_minute": r_first.adherence.get("all"),
+        "adherence_last_minute": r_last.adherence.get("all"),
+        "adherence_whole": whole.adherence.get("all"),
+        "brightness_per_minute": b,
+        "brightness_drift": abs(b[-1] - b[0]) / max(b[0], 1e-9) if len(b) > 1 else None,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="model/weights/tiny.safetensors")
+    ap.add_argument("--prompts", type=int, default=50)
+    ap.add_argument("--seconds", type=float, default=6.0)
+    ap.add_argument("--long", type=float, default=0.0, help="minutes of the long stream (0: skip)")
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--json", help="also write the figures here")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    model = VideoModel.load(args.model)
+    t0 = time.time()
+    result = {"model": args.model, "steps": args.steps or model.config.sampler.steps}
+    if args.prompts:
+        result["short"] = short_clips(model, args)
+    if args.long:
+        result["long"] = long_horizon(model, args)
+    result["eval_seconds"] = round(time.time() - t0, 1)
+    print(json.dumps(result, indent=2))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
