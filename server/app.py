@@ -109,7 +109,8 @@ class LiveServer:
         self.port: int | None = None
         self.worker: GenerationWorker | None = None
         self.encode_pool: ThreadPoolExecutor | None = None
-        self._opening: dict[str, asyncio.Future[LiveStream]] = {}
+        # streams asked of the worker, not opened yet: id -> (creator's future, prompt, seed)
+        self._opening: dict[str, tuple[asyncio.Future[LiveStream], str, int]] = {}
         self._closing: set[asyncio.Task] = set()
         self._ws_server = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -207,7 +208,7 @@ class LiveServer:
                 if stream is not None and not stream.ended:
                     stream.on_chunk(result)
             elif isinstance(result, StreamFailed):
-                fut = self._opening.pop(result.stream_id, None)
+                fut, _, _ = self._opening.pop(result.stream_id, (None, "", 0))
                 if fut is not None and not fut.done():
                     fut.set_exception(request_error(result.code, result.message))
                 elif (stream := self.streams.get(result.stream_id)) is not None:
@@ -215,11 +216,10 @@ class LiveServer:
                     self.end_stream(stream, "failed")
 
     def _opened(self, info: StreamOpened) -> None:
-        fut = self._opening.pop(info.stream_id, None)
+        fut, prompt, seed = self._opening.pop(info.stream_id, (None, "", 0))
         if fut is None or fut.done():  # the creator gave up: free the model's stream
             self.worker.close_stream(info.stream_id)
             return
-        prompt, seed = fut.request  # type: ignore[attr-defined]
         stream = LiveStream(self, info.stream_id, prompt, seed, info)
         self.streams[stream.id] = stream
         self.metrics.streams.inc()
@@ -374,16 +374,15 @@ class LiveServer:
             )
         stream_id = secrets.token_hex(4)
         fut = asyncio.get_running_loop().create_future()
-        fut.request = (prompt, seed)  # type: ignore[attr-defined]
         if not self.worker.submit(OpenStream(stream_id, prompt, seed)):
             raise request_error("busy", "the model worker is busy; try again shortly")
-        self._opening[stream_id] = fut
+        self._opening[stream_id] = (fut, prompt, seed)
         try:
             stream = await asyncio.wait_for(fut, 60.0)
         finally:
             self._opening.pop(stream_id, None)
         if conn.closed:
-            stream._maybe_end()
+            stream.release_if_unused()
         else:
             stream.attach(conn)
         return {

@@ -161,14 +161,15 @@ class LiveStream:
         conn.streams.discard(self)
         for v in [v for v in self.viewers.values() if v.conn is conn]:
             await self.remove_viewer(v.id, "left")
-        self._maybe_end()
+        self.release_if_unused()
 
     def _cancel_grace(self) -> None:
         if self._grace is not None:
             self._grace.cancel()
             self._grace = None
 
-    def _maybe_end(self) -> None:
+    def release_if_unused(self) -> None:
+        """With no attached connection and no viewer left, end after the grace period."""
         if self.ended or self.members or self.viewers or self._grace is not None:
             return
         loop = asyncio.get_running_loop()
@@ -285,7 +286,7 @@ class LiveStream:
         viewer.conn.send(
             {"type": "viewer_closed", "stream": self.id, "viewer": viewer_id, "reason": reason}
         )
-        self._maybe_end()
+        self.release_if_unused()
 
     # -- events ----------------------------------------------------------------------------
     def broadcast(

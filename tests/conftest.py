@@ -47,15 +47,16 @@ def tiny_model():
 
 @pytest_asyncio.fixture
 async def live_server(tiny_model):
-    """Factory: `await live_server(**config)` -> a started LiveServer on port 0."""
+    """Factory: `await live_server(model=None, **config)` -> a started LiveServer on port 0
+    (the tiny random-init model unless another is given)."""
     from server.app import LiveServer
     from server.config import ServerConfig
 
     made = []
 
-    async def make(**overrides):
+    async def make(model=None, **overrides):
         overrides.setdefault("grace_seconds", 0.3)
-        server = LiveServer(ServerConfig(**overrides), tiny_model)
+        server = LiveServer(ServerConfig(**overrides), model or tiny_model)
         made.append(server)
         return await server.start()
 

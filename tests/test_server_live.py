@@ -7,10 +7,14 @@ import urllib.request
 
 import numpy as np
 import pytest
+import torch
 from aiortc.codecs import h264, vpx
 from conftest import timeout
 
 from memory.stream import Stream
+from model.bundle import DEFAULT_WEIGHTS, VideoModel
+from model.tinyworld.evaluate import FrameReader
+from model.tinyworld.spec import BACKGROUND_NAMES
 
 A = "a big red circle bouncing over the ocean"
 B = "a small blue square moving left in the snow"
@@ -255,3 +259,29 @@ async def test_keyframes_come_at_least_every_interval_and_at_each_switch(
     ticks = [t for t, _ in keys]
     assert any(forced for _, forced in keys)  # the switch's first frame
     assert all(b - a <= keyframe_seconds * 24 for a, b in zip(ticks, ticks[1:], strict=False))
+
+
+@pytest.mark.skipif(not DEFAULT_WEIGHTS.is_file(), reason="no trained weights yet")
+async def test_with_trained_weights_the_evaluator_reads_the_new_prompt_from_its_frame(
+    live_server, session
+):
+    """Shipped weights: received frames show the old background before the applied frame
+    and the new one from it on, as the TinyWorld evaluator reads them."""
+    model = VideoModel.load_default(dtype=torch.float32)
+    server = await live_server(model=model, bitrate=1_500_000)
+    s = await session(server.ws_url)
+    stream = (await s.create("a big red circle bouncing over the ocean"))["stream"]
+    viewer = await s.watch(stream)
+    await viewer.wait_frames(36, timeout(20))
+    applied = await s.prompt(stream, "a big red circle bouncing in the snow")
+    frame = applied["frame"]
+    await viewer.wait_index(frame + 24, timeout(20))
+    reader = FrameReader(s.hello["width"])
+    before, after = [], []
+    for f in viewer.frames:
+        i = viewer.index_of(f)
+        if i is not None and frame - 24 <= i < frame + 24:
+            bg = BACKGROUND_NAMES[reader.read(f.image).background]
+            (before if i < frame else after).append(bg)
+    assert before.count("ocean") >= 0.8 * len(before) and len(before) >= 12
+    assert after.count("snow") >= 0.8 * len(after) and len(after) >= 12
