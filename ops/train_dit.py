@@ -10,7 +10,9 @@ Training matches inference (memory/stream.py) exactly:
     chunk c sees the clean chunks < c (as cached context) and itself, nothing later;
   * prompts switch at chunk boundaries (the renderer keeps the object's position), with
     captions that leave attributes out, so the model learns to change what is asked and
-    keep the rest; 10% of sequences drop the prompt (classifier-free guidance);
+    keep the rest; half the switch sequences condition the context on the new prompt, the
+    state LongLive's KV re-cache makes (see recache_variant); 10% of sequences drop the
+    prompt (classifier-free guidance);
   * the clean context carries a small random noise level (diffusion forcing), told to the
     model through its per-frame time embedding, for robustness to its own outputs.
 A pool of encoded sequences is refreshed a little every step, so the VAE encoder costs
@@ -28,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from model.bundle import VideoModel
 from model.checkpoint import load_strict, read_checkpoint, save_checkpoint
@@ -157,16 +158,46 @@ def training_loss(model: VideoModel, z: torch.Tensor, idx: torch.Tensor, args, r
     s = torch.cat([ctx_sigma, sigma], dim=1)
     drop = torch.rand(b) < args.text_drop
     idx = torch.where(drop[:, None, None], torch.zeros_like(idx), idx)
-    tokens = model.text.tokens_from_indices(idx.flatten(0, 1))
-    tokens = tokens.view(b, n_chunks, -1, model.text.text_dim)
-    tokens = tokens.repeat_interleave(chunk, dim=1)  # (B, n, L, D) per frame
-    context = torch.cat([tokens, tokens], dim=1)  # (B, 2n, L, D)
+    clean_idx, loss_chunks = recache_variant(idx, args.recache_prob)
+    context = torch.cat(
+        [per_frame_tokens(model, clean_idx, chunk), per_frame_tokens(model, idx, chunk)], dim=1
+    )  # (B, 2n, L, D)
     positions = torch.cat([torch.arange(n), torch.arange(n)])
     mask = teacher_forcing_mask(n, chunk, dit.tokens_per_frame(h, w))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         v = dit(x, s, context, positions, mask=mask)
     target = noise - z
-    return F.mse_loss(v[:, :, n:].float(), target)
+    err = (v[:, :, n:].float() - target).pow(2).mean(dim=(1, 3, 4))  # (B, n)
+    weight = loss_chunks.repeat_interleave(chunk, dim=1).float()
+    return (err * weight).sum() / weight.sum()
+
+
+def per_frame_tokens(model: VideoModel, idx: torch.Tensor, chunk: int) -> torch.Tensor:
+    """(B, chunks, slots) value indices -> (B, chunks*chunk, L, D) text tokens per frame."""
+    b, n_chunks, _ = idx.shape
+    tokens = model.text.tokens_from_indices(idx.flatten(0, 1))
+    tokens = tokens.view(b, n_chunks, -1, model.text.text_dim)
+    return tokens.repeat_interleave(chunk, dim=1)
+
+
+def recache_variant(idx: torch.Tensor, prob: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teach the state LongLive's KV re-cache creates at inference.
+
+    At a prompt switch the stream recomputes its context's keys/values under the new
+    prompt. For a fraction `prob` of the sequences that contain a switch, the clean
+    (context) copy is therefore conditioned on the final prompt, and only chunks of that
+    final prompt are trained (earlier ones would see a state inference never makes).
+    Returns (clean-copy indices, (B, chunks) bool mask of chunks that carry loss).
+    """
+    b, n_chunks, _ = idx.shape
+    same_as_last = (idx == idx[:, -1:]).all(-1)  # (B, chunks)
+    order = torch.arange(n_chunks).expand(b, -1)
+    last_diff = torch.where(~same_as_last, order, torch.full_like(order, -1)).amax(dim=1)
+    start = last_diff + 1  # first chunk of the final prompt
+    use = (start > 0) & (torch.rand(b) < prob)
+    clean = torch.where(use[:, None, None], idx[:, -1:].expand_as(idx), idx)
+    loss_chunks = torch.where(use[:, None], order >= start[:, None], torch.ones_like(order).bool())
+    return clean, loss_chunks
 
 
 def main() -> None:
@@ -184,6 +215,7 @@ def main() -> None:
     ap.add_argument("--switch-prob", type=float, default=0.3)
     ap.add_argument("--far-sink-prob", type=float, default=0.5)
     ap.add_argument("--text-drop", type=float, default=0.1)
+    ap.add_argument("--recache-prob", type=float, default=0.5)
     ap.add_argument("--context-noise-max", type=float, default=0.1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--save-every", type=int, default=100)
