@@ -102,6 +102,7 @@ class LiveStream:
         sw = self._switch
         if sw is not None and (ready.chunk.epoch, ready.chunk.index) == (sw["epoch"], sw["chunk"]):
             sw["ready_ms"] = (time.monotonic() - sw["t0"]) * 1e3
+            sw["chunk_ms"] = {k: round(v, 1) for k, v in ready.ms.items()}
         self._count_drops()
 
     def _count_drops(self) -> None:
@@ -381,6 +382,7 @@ class LiveStream:
                     "tick": shown.tick,
                     "ready_ms": round(sw["ready_ms"] or 0, 1),
                     "shown_ms": round(shown_ms, 1),
+                    "chunk_ms": sw.get("chunk_ms"),
                 }
             )
         if shown.held:
