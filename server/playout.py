@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 MEDIA_CLOCK_HZ = 90_000
+KEEP_EPOCHS = 64  # plan epochs whose cut points are remembered
 
 
 def ticks_per_frame(fps: int) -> int:
@@ -90,6 +91,12 @@ class PromptPlan:
             keep[chunk] = PlanEntry(text, "storyboard")
         return PromptPlan(keep)
 
+    def since(self, chunk: int) -> PromptPlan:
+        """The same plan from `chunk` on, without the entries before it no longer in force."""
+        keys = sorted(self.entries)
+        i = max(bisect.bisect_right(keys, chunk) - 1, 0)
+        return PromptPlan({k: self.entries[k] for k in keys[i:]})
+
     def first_difference(self, other: PromptPlan, start: int) -> int | None:
         """First chunk >= start generated under different prompts by the two plans."""
         candidates = sorted({start, *(k for k in (*self.entries, *other.entries) if k > start)})
@@ -138,8 +145,8 @@ class Playout:
     def accept(self, chunk: Chunk) -> bool:
         """Take a chunk from the worker; False if a plan change made it stale."""
         if chunk.epoch != self.epoch:
-            cut = min(c for e, c in self._cuts.items() if chunk.epoch <= e < self.epoch)
-            if chunk.index >= cut:
+            cuts = [c for e, c in self._cuts.items() if chunk.epoch <= e < self.epoch]
+            if chunk.epoch not in self._cuts or chunk.index >= min(cuts):
                 self.frames_dropped += len(chunk.frames)
                 return False
         if (chunk.index + 1) * self.fpc <= self.next_frame or chunk.index in self._buffer:
@@ -175,15 +182,18 @@ class Playout:
 
     def _change(self, new: PromptPlan, start: int) -> PlanChange | None:
         k = self.plan.first_difference(new, start)
-        self.plan = new
+        self.plan = new.since(self.play_chunk)  # bounded: past entries are forgotten
         if k is None:
             return None
         self._cuts[self.epoch] = k
         self.epoch += 1
+        for e in [e for e in self._cuts if e < self.epoch - KEEP_EPOCHS]:
+            del self._cuts[e]  # chunks this old are long gone (dropped if they ever come)
+        self._keyframes = {f for f in self._keyframes if f >= self.next_frame}
         for idx in [i for i in self._buffer if i >= k]:
             self.frames_dropped += len(self._buffer.pop(idx).frames)
         self._keyframes.add(k * self.fpc)
-        return PlanChange(self.epoch, k, new.as_tuple())
+        return PlanChange(self.epoch, k, self.plan.as_tuple())
 
     # -- the media clock ---------------------------------------------------------------------
     def has_next(self) -> bool:

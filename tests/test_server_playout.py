@@ -180,3 +180,14 @@ def test_storyboard_items_are_checked():
     for bad in ([], [{"at": -1, "prompt": "a"}], [{"at": "soon", "prompt": "a"}], [3]):
         with pytest.raises(StoryboardError):
             protocol.storyboard_items({"items": bad})
+
+
+def test_state_stays_bounded_over_many_switches():
+    """Hundreds of switches leave a short plan and a bounded set of remembered epochs."""
+    p = Playout("a red circle", FPC, 24, ahead_chunks=2)
+    for k in range(400):
+        p.accept(chunk(k, epoch=p.epoch))
+        run(p, FPC)
+        p.set_prompt(["a blue square", "a green ring"][k % 2])
+    assert len(p.plan.entries) <= 2 and len(p._cuts) <= 64 and len(p._keyframes) <= 1
+    assert p.frames_dropped == 0 and p.stalls == 0
