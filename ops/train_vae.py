@@ -32,11 +32,14 @@ def batch(rng: np.random.Generator, n: int, frames: int, size: int) -> torch.Ten
 
 
 def object_weight(x: torch.Tensor, weight: float) -> torch.Tensor:
-    """Per-pixel loss weight: 1 on background, 1 + weight where a pixel stands out from its
-    row's median colour (the object, a few % of the frame, decides every evaluator read)."""
+    """Per-pixel loss weight: 1 on background, 1 + weight on and around pixels that stand
+    out from their row's median colour (the object, a few % of the frame, decides every
+    evaluator read: its colour, its outline, a ring's hole)."""
     median = x.median(dim=-1, keepdim=True).values  # (B, 3, T, H, 1)
-    stands_out = (x - median).abs().amax(dim=1, keepdim=True) > 0.35
-    return 1.0 + weight * stands_out.float()
+    stands_out = ((x - median).abs().amax(dim=1) > 0.35).float()  # (B, T, H, W)
+    # dilate, so the pixels around and inside the object (a ring's hole) count as much
+    near = F.max_pool2d(stands_out, kernel_size=9, stride=1, padding=4)
+    return 1.0 + weight * near.unsqueeze(1)
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
