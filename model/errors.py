@@ -6,7 +6,8 @@
     ├── ConfigError              an unknown preset or an inconsistent configuration
     ├── CheckpointError          a checkpoint that does not match the model (strict loading)
     ├── StoryboardError          a malformed storyboard / timeline
-    └── RenderError              bad arguments to an offline render (duration, path)
+    ├── RenderError              bad arguments to an offline render (duration, path)
+    └── ProtocolError            a bad live-protocol request; `.code` names it (bad_json, ...)
 
 Each error carries the offending value in `.value` so callers (CLI, server) can report it.
 """
@@ -49,3 +50,11 @@ class StoryboardError(EndlessError):
 
 class RenderError(EndlessError):
     code = "bad_render"
+
+
+class ProtocolError(EndlessError):
+    code = "bad_request"
+
+    def __init__(self, code: str, message: str, value: object = None):
+        super().__init__(message, value=value)
+        self.code = code

@@ -2,7 +2,7 @@
 
 Every request is a JSON object with a "type"; an optional "seq" (any JSON number or
 string) is echoed in its reply and in any error it causes. docs/protocol.md is the spec.
-Errors raised here are `EndlessError`s whose `.code` is the protocol error code.
+Errors raised here are `ProtocolError`s whose `.code` is the protocol error code.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from model.errors import EndlessError, StoryboardError
+from model.errors import EndlessError, ProtocolError, StoryboardError
 
 PROTOCOL_VERSION = 1
 REQUEST_TYPES = (
@@ -34,11 +34,9 @@ MAX_STORYBOARD_ITEMS = 256
 MAX_STORYBOARD_SECONDS = 24 * 3600.0
 
 
-def request_error(code: str, message: str, value: object = None) -> EndlessError:
-    """An EndlessError carrying a protocol error code (bad_json, unknown_type, ...)."""
-    err = EndlessError(message, value)
-    err.code = code
-    return err
+def request_error(code: str, message: str, value: object = None) -> ProtocolError:
+    """A ProtocolError carrying a protocol error code (bad_json, unknown_type, ...)."""
+    return ProtocolError(code, message, value)
 
 
 def decode(raw: str | bytes, max_bytes: int) -> dict[str, Any]:
