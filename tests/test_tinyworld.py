@@ -247,3 +247,27 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
     not_video.write_text("not a video")
     with pytest.raises(EndlessError):
         evaluate.read_video(str(not_video))
+
+
+def test_reader_reads_any_frame_without_failing():
+    """Arbitrary frames (noise, translucent blobs of palette colours, as a poorly trained
+    model may draw) are read without an exception."""
+    from model.tinyworld.evaluate import FrameReader
+    from model.tinyworld.spec import COLOURS
+
+    reader = FrameReader(128)
+    rng = np.random.default_rng(0)
+    palette = np.array(list(COLOURS.values()), np.float32)
+    for _ in range(300):
+        f = np.empty((128, 128, 3), np.float32)
+        f[:] = rng.integers(0, 255, 3)
+        for _ in range(rng.integers(1, 6)):
+            y, x = rng.integers(0, 128, 2)
+            h, w = rng.integers(2, 100, 2)
+            a = rng.random()
+            f[y : y + h, x : x + w] = (
+                a * palette[rng.integers(6)] + (1 - a) * f[y : y + h, x : x + w]
+            )
+        f += rng.normal(0, rng.random() * 20, f.shape)
+        read = reader.read(np.clip(f, 0, 255).astype(np.uint8))
+        assert 0 <= read.background < 6

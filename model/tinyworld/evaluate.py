@@ -188,8 +188,10 @@ class FrameReader:
         alpha = _dot(q, line) / np.maximum(_sq(line), 1.0)
         on_line = _sq(q - alpha[:, None] * line) < OFF_LINE**2
         cover = np.zeros((s, s), np.float32)
-        cover[ys[on_line], xs[on_line]] = np.minimum(alpha[on_line], 1.0)
+        cover[ys[on_line], xs[on_line]] = np.clip(alpha[on_line], 0.0, 1.0)
         pick = on_line & (alpha > 0.5)
+        if not pick.any():  # colour seen only as faint blur: no region to measure
+            return FrameRead(bg, colour)
         mask = np.zeros((s, s), np.int8)
         mask[ys[pick], xs[pick]] = 1
         return self._region(mask, cover, bg, colour)
@@ -220,6 +222,8 @@ class FrameReader:
         c0, bw, r0, bh = c0 - mc, bw + 2 * mc, r0 - mr, bh + 2 * mr
         win = cover[np.ix_((r0 + np.arange(bh)) % s, (c0 + np.arange(bw)) % s)]  # (bh, bw)
         area = float(win.sum())
+        if area <= 0.0:
+            return FrameRead(bg, colour)
         xs = np.arange(bw, dtype=np.float32) + 0.5
         ys = np.arange(bh, dtype=np.float32) + 0.5
         xc = float((win.sum(0) * xs).sum()) / area
