@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from model.bundle import VideoModel
 from model.checkpoint import load_strict, read_checkpoint, save_checkpoint
@@ -69,6 +70,16 @@ def sample_sequence(
     return frames, captions, gap > 0
 
 
+def object_cells(x: torch.Tensor, time_stride: int, cells: int) -> torch.Tensor:
+    """(1, 3, T, H, W) frames in [-1, 1] -> (T/ts, cells, cells) bool: latent cells where
+    some pixel stands out from its row's median colour (the object; stars and flakes too)."""
+    median = x.median(dim=-1, keepdim=True).values
+    out = ((x - median).abs().amax(dim=1) > 0.35).float()  # (1, T, H, W)
+    t, h = out.shape[1], out.shape[2]
+    out = out.view(1, t // time_stride, time_stride, h, x.shape[-1]).amax(dim=2)
+    return F.adaptive_max_pool2d(out, cells)[0] > 0
+
+
 class LatentPool:
     """Encoded training sequences, refreshed a few at a time."""
 
@@ -81,6 +92,7 @@ class LatentPool:
         self.size = size
         self.latents: list[torch.Tensor] = []
         self.text_idx: list[torch.Tensor] = []
+        self.objects: list[torch.Tensor] = []  # (F, h, w) bool: latent cells the object is in
         while len(self.latents) < args.pool:
             self._add()
 
@@ -102,23 +114,25 @@ class LatentPool:
         z = torch.cat([first, rest], dim=2).float()[0]  # (z, F, h, w) unscaled
         enc = self.model.text
         idx = torch.tensor([enc.indices(parse_prompt(c).attributes) for c in captions])
-        return z, idx
+        return z, idx, object_cells(x, self.model.config.vae.time_stride, z.shape[-1])
 
     def _add(self) -> None:
-        z, idx = self._encode()
+        z, idx, obj = self._encode()
         self.latents.append(z)
         self.text_idx.append(idx)
+        self.objects.append(obj)
 
     def refresh(self, n: int) -> None:
         for _ in range(n):
             i = int(self.rng.integers(len(self.latents)))
-            self.latents[i], self.text_idx[i] = self._encode()
+            self.latents[i], self.text_idx[i], self.objects[i] = self._encode()
 
     def batch(self, b: int):
         ids = self.rng.integers(len(self.latents), size=b)
         z = torch.stack([self.latents[i] for i in ids])
         idx = torch.stack([self.text_idx[i] for i in ids])
-        return z, idx
+        obj = torch.stack([self.objects[i] for i in ids])
+        return z, idx, obj
 
 
 def teacher_forcing_mask(n: int, chunk: int, tokens_per_frame: int) -> torch.Tensor:
@@ -137,7 +151,7 @@ def teacher_forcing_mask(n: int, chunk: int, tokens_per_frame: int) -> torch.Ten
     return torch.cat([top, bottom], dim=0)
 
 
-def training_loss(model: VideoModel, z: torch.Tensor, idx: torch.Tensor, args, rng) -> torch.Tensor:
+def training_loss(model: VideoModel, z, idx, obj, args, rng) -> torch.Tensor:
     """Flow-matching loss of the noisy copy under the block-causal teacher-forcing mask."""
     dit, vae = model.dit, model.vae
     cfg = model.config
@@ -167,8 +181,9 @@ def training_loss(model: VideoModel, z: torch.Tensor, idx: torch.Tensor, args, r
     with torch.autocast("cpu", dtype=torch.bfloat16):
         v = dit(x, s, context, positions, mask=mask)
     target = noise - z
-    err = (v[:, :, n:].float() - target).pow(2).mean(dim=(1, 3, 4))  # (B, n)
-    weight = loss_chunks.repeat_interleave(chunk, dim=1).float()
+    cell_w = 1.0 + args.object_weight * obj.float()  # (B, n, h, w): the object matters most
+    err = ((v[:, :, n:].float() - target).pow(2).mean(dim=1) * cell_w).mean(dim=(2, 3))
+    weight = loss_chunks.repeat_interleave(chunk, dim=1).float()  # (B, n)
     return (err * weight).sum() / weight.sum()
 
 
@@ -216,6 +231,7 @@ def main() -> None:
     ap.add_argument("--far-sink-prob", type=float, default=0.5)
     ap.add_argument("--text-drop", type=float, default=0.1)
     ap.add_argument("--recache-prob", type=float, default=0.5)
+    ap.add_argument("--object-weight", type=float, default=4.0)
     ap.add_argument("--context-noise-max", type=float, default=0.1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--save-every", type=int, default=100)
@@ -266,8 +282,8 @@ def main() -> None:
     losses = []
     while time.time() < t_end:
         pool.refresh(args.refresh)
-        z, idx = pool.batch(args.batch)
-        loss = training_loss(model, z, idx, args, rng)
+        z, idx, obj = pool.batch(args.batch)
+        loss = training_loss(model, z, idx, obj, args, rng)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
