@@ -25,8 +25,8 @@ DEFAULT = [
 ]
 
 
-def generate(model, timeline, seconds, seed):
-    s = Stream(model, timeline[0][1], seed=seed)
+def generate(model, timeline, seconds, seed, steps=None, guidance=None):
+    s = Stream(model, timeline[0][1], seed=seed, steps=steps, guidance=guidance)
     switches = {chunk_at(at, s.fps, s.frames_per_chunk): p for at, p in timeline[1:]}
     frames = []
     for k in range(int(seconds * s.fps) // s.frames_per_chunk):
@@ -68,13 +68,15 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=6, help="one frame in this many")
     ap.add_argument("--cols", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--guidance", type=float, default=None)
     ap.add_argument("--gif", help="also write the frames as a GIF here")
     ap.add_argument("-o", "--output", default="sheet.png")
     args = ap.parse_args()
     torch.set_num_threads(1)
     model = VideoModel.load(args.model)
     timeline = [(float(a), p) for a, p in json.loads(args.storyboard)]
-    frames = generate(model, timeline, args.seconds, args.seed)
+    frames = generate(model, timeline, args.seconds, args.seed, args.steps, args.guidance)
     picked = frames[:: args.every]
     rows = -(-len(picked) // args.cols)
     h, w = frames.shape[1:3]
