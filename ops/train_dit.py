@@ -1,6 +1,7 @@
 """Train the chunk-causal DiT on VAE latents of TinyWorld sequences. Resumable.
 
     .venv/bin/python ops/train_dit.py --vae runs/vae/last.safetensors --out runs/dit --minutes 60
+    .venv/bin/python ops/train_dit.py --init model/weights/tiny.safetensors --out runs/dit2
 
 Training matches inference (memory/stream.py) exactly:
   * a sequence is `chunks` chunks; the first is, half the time, the stream's first chunk
@@ -219,6 +220,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--vae", default="runs/vae/last.safetensors")
+    ap.add_argument("--init", help="start from a full model checkpoint (VAE, text, DiT)")
     ap.add_argument("--out", default="runs/dit")
     ap.add_argument("--minutes", type=float, default=60.0)
     ap.add_argument("--batch", type=int, default=6)
@@ -243,9 +245,16 @@ def main() -> None:
     state_path = out / "last.safetensors"
 
     model = VideoModel.from_seed(args.seed, args.preset)
-    _, vae_tensors, _ = read_checkpoint(args.vae)
-    load_strict(model.vae, vae_tensors, args.vae)
     step = 0
+    if args.init and not state_path.exists():
+        # continue from a full model (e.g. the shipped weights): VAE, text and DiT
+        _, tensors, meta = read_checkpoint(args.init)
+        load_strict(model, tensors, args.init)
+        step = int(meta.get("step", 0))
+        print(f"initialised from {args.init} (step {step})", flush=True)
+    else:
+        _, vae_tensors, _ = read_checkpoint(args.vae)
+        load_strict(model.vae, vae_tensors, args.vae)
     if state_path.exists():
         _, tensors, meta = read_checkpoint(state_path)
         load_strict(model, tensors, str(state_path))
@@ -269,11 +278,11 @@ def main() -> None:
     model.dit.train()
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
     opt_path = out / "opt.pt"
-    if step and opt_path.exists():
+    if state_path.exists() and opt_path.exists():
         opt.load_state_dict(torch.load(opt_path))
     ema = copy.deepcopy(model)
     ema_path = out / "model.safetensors"
-    if step and ema_path.exists():
+    if state_path.exists() and ema_path.exists():
         _, tensors, _ = read_checkpoint(ema_path)
         load_strict(ema, tensors, str(ema_path))
     ema.requires_grad_(False)
