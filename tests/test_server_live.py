@@ -12,7 +12,7 @@ from aiortc.codecs import h264, vpx
 from conftest import timeout
 
 from memory.stream import Stream
-from model.bundle import DEFAULT_WEIGHTS, VideoModel
+from model.bundle import VideoModel
 from model.tinyworld.evaluate import FrameReader
 from model.tinyworld.spec import BACKGROUND_NAMES
 
@@ -261,7 +261,6 @@ async def test_keyframes_come_at_least_every_interval_and_at_each_switch(
     assert all(b - a <= keyframe_seconds * 24 for a, b in zip(ticks, ticks[1:], strict=False))
 
 
-@pytest.mark.skipif(not DEFAULT_WEIGHTS.is_file(), reason="no trained weights yet")
 async def test_with_trained_weights_the_evaluator_reads_the_new_prompt_from_its_frame(
     live_server, session
 ):
