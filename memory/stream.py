@@ -23,6 +23,7 @@ from model.bundle import VideoModel
 from model.dit import AttnContext, block_causal_mask
 from model.errors import EndlessError
 from model.sampler import FlowSampler
+from model.storyboard import chunk_at
 from model.text import EncodedPrompt
 from model.vae import tensor_to_frames
 
@@ -250,3 +251,23 @@ class Stream:
         kvs = self._context_kv(latents, prompt, torch.arange(len(frames)), None, mask)
         self.cache.write(frames, latents, kvs)
         return True
+
+
+def follow_timeline(
+    model: VideoModel,
+    timeline: list[tuple[float, str]],
+    seconds: float,
+    seed: int = 0,
+    steps: int | None = None,
+    guidance: float | None = None,
+):
+    """Yield the frames of a stream that follows [(at_seconds, prompt)] for `seconds`.
+
+    Each switch applies at the first chunk starting at or after its time; whole chunks only.
+    """
+    s = Stream(model, timeline[0][1], seed=seed, steps=steps, guidance=guidance)
+    switches = {chunk_at(at, s.fps, s.frames_per_chunk): p for at, p in timeline[1:]}
+    for k in range(int(round(seconds * s.fps)) // s.frames_per_chunk):
+        if k in switches:
+            s.set_prompt(switches[k])
+        yield from s.next_chunk()

@@ -14,26 +14,14 @@ import av
 import numpy as np
 import torch
 
-from memory.stream import Stream
+from memory.stream import follow_timeline
 from model.bundle import VideoModel
-from model.storyboard import chunk_at
 
 DEFAULT = [
     [0, "a big red circle bouncing over the ocean"],
     [2, "a big red circle bouncing in the snow"],
     [4, "a small cyan ring moving left in the night"],
 ]
-
-
-def generate(model, timeline, seconds, seed, steps=None, guidance=None):
-    s = Stream(model, timeline[0][1], seed=seed, steps=steps, guidance=guidance)
-    switches = {chunk_at(at, s.fps, s.frames_per_chunk): p for at, p in timeline[1:]}
-    frames = []
-    for k in range(int(seconds * s.fps) // s.frames_per_chunk):
-        if k in switches:
-            s.set_prompt(switches[k])
-        frames.extend(s.next_chunk())
-    return np.stack(frames)
 
 
 def write_png(path: str, image: np.ndarray) -> None:
@@ -76,7 +64,9 @@ def main() -> None:
     torch.set_num_threads(1)
     model = VideoModel.load(args.model)
     timeline = [(float(a), p) for a, p in json.loads(args.storyboard)]
-    frames = generate(model, timeline, args.seconds, args.seed, args.steps, args.guidance)
+    frames = np.stack(
+        list(follow_timeline(model, timeline, args.seconds, args.seed, args.steps, args.guidance))
+    )
     picked = frames[:: args.every]
     rows = -(-len(picked) // args.cols)
     h, w = frames.shape[1:3]

@@ -20,31 +20,22 @@ import time
 import numpy as np
 import torch
 
-from memory.stream import Stream
+from memory.stream import follow_timeline
 from model.bundle import VideoModel
-from model.storyboard import chunk_at
 from model.tinyworld.captions import evaluation_prompts, random_switch
 from model.tinyworld.evaluate import evaluate_frames
 from model.tinyworld.spec import parse_prompt
-
-
-def generate(model: VideoModel, timeline, seconds: float, seed: int, steps=None):
-    """Yield frames of a stream following timeline [(at, prompt)]."""
-    s = Stream(model, timeline[0][1], seed=seed, steps=steps)
-    switches = {chunk_at(at, s.fps, s.frames_per_chunk): p for at, p in timeline[1:]}
-    n = int(round(seconds * s.fps)) // s.frames_per_chunk
-    for k in range(n):
-        if k in switches:
-            s.set_prompt(switches[k])
-        yield from s.next_chunk()
 
 
 def weighted(reports, key: str, count: str) -> dict[str, float | None]:
     out = {}
     names = set().union(*(getattr(r, key).keys() for r in reports))
     for name in sorted(names):
-        pairs = [(getattr(r, key)[name], getattr(r, count)) for r in reports
-                 if getattr(r, key).get(name) is not None and getattr(r, count)]
+        pairs = [
+            (getattr(r, key)[name], getattr(r, count))
+            for r in reports
+            if getattr(r, key).get(name) is not None and getattr(r, count)
+        ]
         total = sum(c for _, c in pairs)
         out[name] = sum(v * c for v, c in pairs) / total if total else None
     return out
@@ -62,7 +53,9 @@ def prompt_set(n: int, seconds: float, seed: int):
 def short_clips(model, args) -> dict:
     reports = []
     for i, timeline in enumerate(prompt_set(args.prompts, args.seconds, args.seed)):
-        frames = generate(model, timeline, args.seconds, seed=args.seed + i, steps=args.steps)
+        frames = follow_timeline(
+            model, timeline, args.seconds, seed=args.seed + i, steps=args.steps
+        )
         reports.append(evaluate_frames(frames, timeline, fps=24, chunk_frames=12))
     switches = [s for r in reports for s in r.switches]
     visible = [s.chunks_to_visible for s in switches]
@@ -74,7 +67,8 @@ def short_clips(model, args) -> dict:
         "seen": weighted(reports, "seen", "chunks_seen"),
         "switches": len(switches),
         "switch_visible_within_2_chunks": (
-            sum(1 for v in visible if v is not None and v <= 2) / max(1, len(visible))),
+            sum(1 for v in visible if v is not None and v <= 2) / max(1, len(visible))
+        ),
         "switch_position_jump_median_fw": statistics.median(jumps) if jumps else None,
         "switch_position_jumps_measured": len(jumps),
     }
@@ -89,7 +83,7 @@ def long_horizon(model, args) -> dict:
     total = int(seconds * 24)
 
     def tee():
-        for i, f in enumerate(generate(model, timeline, seconds, seed=args.seed)):
+        for i, f in enumerate(follow_timeline(model, timeline, seconds, seed=args.seed)):
             if i < minute:
                 first.append(f)
             elif i >= total - minute:
