@@ -54,7 +54,12 @@ def short_clips(model, args) -> dict:
     reports = []
     for i, timeline in enumerate(prompt_set(args.prompts, args.seconds, args.seed)):
         frames = follow_timeline(
-            model, timeline, args.seconds, seed=args.seed + i, steps=args.steps
+            model,
+            timeline,
+            args.seconds,
+            seed=args.seed + i,
+            steps=args.steps,
+            guidance=args.guidance,
         )
         reports.append(evaluate_frames(frames, timeline, fps=24, chunk_frames=12))
     switches = [s for r in reports for s in r.switches]
@@ -83,7 +88,10 @@ def long_horizon(model, args) -> dict:
     total = int(seconds * 24)
 
     def tee():
-        for i, f in enumerate(follow_timeline(model, timeline, seconds, seed=args.seed)):
+        frames = follow_timeline(
+            model, timeline, seconds, seed=args.seed, steps=args.steps, guidance=args.guidance
+        )
+        for i, f in enumerate(frames):
             if i < minute:
                 first.append(f)
             elif i >= total - minute:
@@ -113,6 +121,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=6.0)
     ap.add_argument("--long", type=float, default=0.0, help="minutes of the long stream (0: skip)")
     ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--guidance", type=float, default=None, help="classifier-free guidance")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--json", help="also write the figures here")
@@ -120,7 +129,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model = VideoModel.load(args.model)
     t0 = time.time()
-    result = {"model": args.model, "steps": args.steps or model.config.sampler.steps}
+    sampler = model.config.sampler
+    result = {
+        "model": args.model,
+        "steps": args.steps or sampler.steps,
+        "guidance": sampler.guidance if args.guidance is None else args.guidance,
+    }
     if args.prompts:
         result["short"] = short_clips(model, args)
     if args.long:

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from model.bundle import VideoModel
 from model.checkpoint import load_strict, read_checkpoint, save_checkpoint
 from model.sampler import shift_sigma
+from model.teacher_forcing import TeacherForcingLayout
 from model.tinyworld.captions import changed, random_attributes, random_caption, random_switch
 from model.tinyworld.render import World
 from model.tinyworld.spec import parse_prompt
@@ -136,22 +137,6 @@ class LatentPool:
         return z, idx, obj
 
 
-def teacher_forcing_mask(n: int, chunk: int, tokens_per_frame: int) -> torch.Tensor:
-    """(2N, 2N) mask over [clean frames | noisy frames] (N = n * tokens_per_frame).
-
-    A clean frame of chunk c sees clean chunks <= c (how the cache was built); a noisy
-    frame of chunk c sees clean chunks < c (the cached context) and its own noisy chunk.
-    """
-    c = (torch.arange(n) // chunk).repeat_interleave(tokens_per_frame)
-    before_or_same = c[None, :] <= c[:, None]
-    before = c[None, :] < c[:, None]
-    same = c[None, :] == c[:, None]
-    none = torch.zeros_like(same)
-    top = torch.cat([before_or_same, none], dim=1)
-    bottom = torch.cat([before, same], dim=1)
-    return torch.cat([top, bottom], dim=0)
-
-
 def training_loss(model: VideoModel, z, idx, obj, args, rng) -> torch.Tensor:
     """Flow-matching loss of the noisy copy under the block-causal teacher-forcing mask."""
     dit, vae = model.dit, model.vae
@@ -178,9 +163,9 @@ def training_loss(model: VideoModel, z, idx, obj, args, rng) -> torch.Tensor:
         [per_frame_tokens(model, clean_idx, chunk), per_frame_tokens(model, idx, chunk)], dim=1
     )  # (B, 2n, L, D)
     positions = torch.cat([torch.arange(n), torch.arange(n)])
-    mask = teacher_forcing_mask(n, chunk, dit.tokens_per_frame(h, w))
+    layout = TeacherForcingLayout(n_chunks, chunk * dit.tokens_per_frame(h, w))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        v = dit(x, s, context, positions, mask=mask)
+        v = dit(x, s, context, positions, mask=layout)
     target = noise - z
     cell_w = 1.0 + args.object_weight * obj.float()  # (B, n, h, w): the object matters most
     err = ((v[:, :, n:].float() - target).pow(2).mean(dim=1) * cell_w).mean(dim=(2, 3))
