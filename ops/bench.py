@@ -87,8 +87,11 @@ def main() -> None:
             m = (k + 1) // minute
             memory[m] = {"rss_mb": rss_mb(), "cache_bytes": stream.cache.nbytes}
             if m == 1 or m % 5 == 0:
-                print(f"minute {m}: rss {memory[m]['rss_mb']:.1f} MB, cache "
-                      f"{memory[m]['cache_bytes']} B", flush=True)
+                print(
+                    f"minute {m}: rss {memory[m]['rss_mb']:.1f} MB, cache "
+                    f"{memory[m]['cache_bytes']} B",
+                    flush=True,
+                )
     wall = time.perf_counter() - t_start
     video = chunks * fpc / fps
     med = {k: statistics.median(v) for k, v in stages.items()}

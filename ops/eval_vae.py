@@ -53,8 +53,12 @@ def main() -> None:
             if v is not None:
                 hits[k] = hits.get(k, 0) + v * rep.chunks_scored
         n += rep.chunks_scored
-    result = {"vae": args.vae, "step": meta.get("step"), "psnr": sum(psnrs) / len(psnrs),
-              "adherence": {k: round(v / n, 4) for k, v in hits.items()}}
+    result = {
+        "vae": args.vae,
+        "step": meta.get("step"),
+        "psnr": sum(psnrs) / len(psnrs),
+        "adherence": {k: round(v / n, 4) for k, v in hits.items()},
+    }
     print(json.dumps(result, indent=2))
 
 

@@ -116,8 +116,13 @@ def main() -> None:
         losses.append(loss.item())
         if step % 20 == 0:
             rec_psnr = psnr(rec.detach(), x)
-            rec_msg = {"step": step, "loss": float(np.mean(losses)), "psnr": rec_psnr,
-                       "kl": kl.item(), "time": time.time()}
+            rec_msg = {
+                "step": step,
+                "loss": float(np.mean(losses)),
+                "psnr": rec_psnr,
+                "kl": kl.item(),
+                "time": time.time(),
+            }
             print(json.dumps(rec_msg), flush=True)
             log.write(json.dumps(rec_msg) + "\n")
             log.flush()
