@@ -211,6 +211,13 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=6)
     ap.add_argument("--chunks", type=int, default=4)
     ap.add_argument("--lr", type=float, default=4e-4)
+    ap.add_argument(
+        "--decay-minutes",
+        type=float,
+        default=0.0,
+        help="anneal the learning rate linearly to 10%% over this run's last N minutes "
+        "(warmup-stable-decay); a later run warms back up",
+    )
     ap.add_argument("--ema", type=float, default=0.998)
     ap.add_argument("--pool", type=int, default=400)
     ap.add_argument("--refresh", type=int, default=2)
@@ -271,6 +278,7 @@ def main() -> None:
         _, tensors, _ = read_checkpoint(ema_path)
         load_strict(ema, tensors, str(ema_path))
     ema.requires_grad_(False)
+    start_step = step
     log = open(out / "log.jsonl", "a")
     t_end = time.time() + args.minutes * 60
     losses = []
@@ -282,7 +290,7 @@ def main() -> None:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         for g in opt.param_groups:
-            g["lr"] = args.lr * min(1.0, (step + 1) / 200)
+            g["lr"] = args.lr * lr_factor(step - start_step, t_end - time.time(), args)
         opt.step()
         step += 1
         with torch.no_grad():
@@ -293,7 +301,8 @@ def main() -> None:
                 be.copy_(bm)
         losses.append(loss.item())
         if step % 20 == 0:
-            msg = {"step": step, "loss": float(np.mean(losses)), "time": time.time()}
+            lr = opt.param_groups[0]["lr"]
+            msg = {"step": step, "loss": float(np.mean(losses)), "lr": lr, "time": time.time()}
             print(json.dumps(msg), flush=True)
             log.write(json.dumps(msg) + "\n")
             log.flush()
@@ -301,6 +310,16 @@ def main() -> None:
         if step % args.save_every == 0:
             save(model, ema, opt, step, out)
     save(model, ema, opt, step, out)
+
+
+def lr_factor(run_step: int, seconds_left: float, args) -> float:
+    """Warm up over a run's first 100 steps (also when resuming: Adam's moments are
+    reloaded, but a jump back to full rate after a decay is rough), then hold, then
+    decay linearly to 0.1 over the run's last --decay-minutes."""
+    warm = min(1.0, (run_step + 1) / 100)
+    if args.decay_minutes <= 0:
+        return warm
+    return warm * max(0.1, min(1.0, seconds_left / (args.decay_minutes * 60)))
 
 
 def save(model, ema, opt, step, out: Path) -> None:
