@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from model.bundle import VideoModel
 from model.checkpoint import load_strict, read_checkpoint, save_checkpoint
-from model.sampler import shift_sigma
+from model.sampler import shift_sigma, sigmas
 from model.teacher_forcing import TeacherForcingLayout
 from model.tinyworld.captions import changed, random_attributes, random_caption, random_switch
 from model.tinyworld.render import World
@@ -146,8 +146,8 @@ def training_loss(model: VideoModel, z, idx, obj, args, rng) -> torch.Tensor:
     n_chunks = n // chunk
     z = (z - vae.latent_mean.view(1, -1, 1, 1, 1)) / vae.latent_std.view(1, -1, 1, 1, 1)
     # per-chunk noise levels for the noisy copy, small ones for the clean context
-    u = torch.rand(b, n_chunks)
-    sigma = shift_sigma(u, cfg.sampler.shift).repeat_interleave(chunk, dim=1)  # (B, n)
+    sigma = chunk_sigmas(b, n_chunks, cfg.sampler, args.schedule_prob)
+    sigma = sigma.repeat_interleave(chunk, dim=1)  # (B, n)
     ctx_sigma = (torch.rand(b, 1) < 0.5) * torch.rand(b, n) * args.context_noise_max
     noise = torch.randn_like(z)
     x_noisy = (1 - sigma[:, None, :, None, None]) * z + sigma[:, None, :, None, None] * noise
@@ -171,6 +171,16 @@ def training_loss(model: VideoModel, z, idx, obj, args, rng) -> torch.Tensor:
     err = ((v[:, :, n:].float() - target).pow(2).mean(dim=1) * cell_w).mean(dim=(2, 3))
     weight = loss_chunks.repeat_interleave(chunk, dim=1).float()  # (B, n)
     return (err * weight).sum() / weight.sum()
+
+
+def chunk_sigmas(b: int, n_chunks: int, sampler, schedule_prob: float) -> torch.Tensor:
+    """(B, chunks) training noise levels: the shifted continuum, or with schedule_prob one
+    of the levels the default few-step sampler actually visits (inference queries the
+    model at those alone, so they get the most practice)."""
+    sigma = shift_sigma(torch.rand(b, n_chunks), sampler.shift)
+    levels = sigmas(sampler.steps, sampler.shift)[:-1]  # e.g. 1, .9, .75, .5 for 4 steps
+    at_level = levels[torch.randint(len(levels), (b, n_chunks))]
+    return torch.where(torch.rand(b, n_chunks) < schedule_prob, at_level, sigma)
 
 
 def per_frame_tokens(model: VideoModel, idx: torch.Tensor, chunk: int) -> torch.Tensor:
@@ -226,6 +236,12 @@ def main() -> None:
     ap.add_argument("--text-drop", type=float, default=0.1)
     ap.add_argument("--recache-prob", type=float, default=0.5)
     ap.add_argument("--object-weight", type=float, default=4.0)
+    ap.add_argument(
+        "--schedule-prob",
+        type=float,
+        default=0.0,
+        help="fraction of chunks trained at the default sampler's own noise levels",
+    )
     ap.add_argument("--context-noise-max", type=float, default=0.1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--save-every", type=int, default=100)
