@@ -196,9 +196,10 @@ class Stream:
         positions = self._positions(plan.n_context)
         texts = {True: self._text(plan.prompt), False: self._text(plan.prompt, cond=False)}
 
-        def velocity(x, sigma, cond):
-            s = torch.full((1, self.chunk_frames), sigma)
-            return dit(x, s, texts[cond], positions, ctx=plan.context)
+        def velocity(x, sigma, conds):
+            s = torch.full((x.shape[0], self.chunk_frames), sigma)
+            text = torch.cat([texts[c] for c in conds])
+            return dit(x, s, text, positions, ctx=plan.context)
 
         return self.sampler.sample(plan.noise, velocity, self.steps, self.guidance)
 

@@ -127,9 +127,10 @@ class WanSelfAttention(nn.Module):
         k_raw, v = self.project_kv(x)
         q = apply_rope(q, angles)
         k = apply_rope(k_raw, angles)
-        if ctx_kv is not None:
-            k = torch.cat([apply_rope(ctx_kv[0].to(x.dtype), ctx_angles), k], dim=1)
-            v_all = torch.cat([ctx_kv[1].to(x.dtype), v], dim=1)
+        if ctx_kv is not None:  # one cached context serves a batch (e.g. CFG's pair)
+            ck, cv = (t.to(x.dtype).expand(b, -1, -1, -1) for t in ctx_kv)
+            k = torch.cat([apply_rope(ck, ctx_angles), k], dim=1)
+            v_all = torch.cat([cv, v], dim=1)
         else:
             v_all = v
         q, k, v_all = q.transpose(1, 2), k.transpose(1, 2), v_all.transpose(1, 2)

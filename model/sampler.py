@@ -25,7 +25,12 @@ def shift_sigma(u: torch.Tensor, shift: float) -> torch.Tensor:
 
 
 class FlowSampler:
-    """Denoise one chunk; `velocity(x, sigma, cond)` is the model call (cond: bool)."""
+    """Denoise one chunk with `velocity(x, sigma, conds)`, the model call.
+
+    x stacks len(conds) equal groups on the batch axis; group i is conditioned on the
+    prompt when conds[i] is True and on the empty prompt otherwise. With guidance the
+    conditional and unconditional passes run as one batch (cheaper than two calls).
+    """
 
     def __init__(self, cfg: SamplerConfig):
         self.cfg = cfg
@@ -33,7 +38,7 @@ class FlowSampler:
     def sample(
         self,
         noise: torch.Tensor,
-        velocity: Callable[[torch.Tensor, float, bool], torch.Tensor],
+        velocity: Callable[[torch.Tensor, float, tuple[bool, ...]], torch.Tensor],
         steps: int | None = None,
         guidance: float | None = None,
     ) -> torch.Tensor:
@@ -42,9 +47,10 @@ class FlowSampler:
         sched = sigmas(steps, self.cfg.shift).tolist()
         x = noise
         for s, s_next in zip(sched[:-1], sched[1:], strict=True):
-            v = velocity(x, s, True)
-            if guidance != 1.0:
-                v_uncond = velocity(x, s, False)
-                v = v_uncond + guidance * (v - v_uncond)
+            if guidance == 1.0:
+                v = velocity(x, s, (True,))
+            else:
+                v_cond, v_uncond = velocity(torch.cat([x, x]), s, (True, False)).chunk(2)
+                v = v_uncond + guidance * (v_cond - v_uncond)
             x = x + (s_next - s) * v
         return x

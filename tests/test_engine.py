@@ -71,7 +71,7 @@ def reference_latents(model: VideoModel, prompt: str, seed: int, n_chunks: int):
         ids = [f // chunk for f in range(n_ctx + chunk)]
         mask = block_causal_mask(ids, ids, dit.tokens_per_frame(h, h))
 
-        def velocity(x, sigma, cond, n_ctx=n_ctx, mask=mask):
+        def velocity(x, sigma, conds, n_ctx=n_ctx, mask=mask):
             full = torch.cat(done + [x], dim=2)
             s = torch.tensor([[0.0] * n_ctx + [sigma] * chunk])
             out = dit(full, s, text, torch.arange(n_ctx + chunk), mask=mask)
@@ -232,3 +232,32 @@ def test_positions_stay_bounded():
             sc.sink_latent_frames + sc.window_latent_frames + sc.chunk_latent_frames
         )
         s.commit(plan, s.denoise(plan))
+
+
+def test_guidance_batches_both_passes_and_equals_two_separate_calls():
+    """CFG runs the conditional and unconditional passes as one batch over one cached
+    context; the result equals combining two separate model calls."""
+    model = VideoModel.from_seed(0, "micro").set_dtype(torch.float32)
+    s = Stream(model, PROMPT, seed=5, guidance=3.0)
+    for _ in range(2):
+        s.next_chunk()  # some cached context to attend to
+    plan = s.plan()
+    got = s.denoise(plan)
+    dit, frames = model.dit, s.chunk_frames
+    positions = torch.arange(plan.n_context, plan.n_context + frames)
+    prompt_text = plan.prompt.tokens.unsqueeze(0)
+    null_text = model.text.null().unsqueeze(0)
+    with torch.no_grad():
+
+        def separate(x, sigma, conds):
+            sig = torch.full((1, frames), sigma)
+            outs = [
+                dit(x[i : i + 1], sig, prompt_text if c else null_text, positions, ctx=plan.context)
+                for i, c in enumerate(conds)
+            ]
+            return torch.cat(outs)
+
+        want = s.sampler.sample(plan.noise, separate, s.steps, 3.0)
+        unguided = s.sampler.sample(plan.noise, separate, s.steps, 1.0)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    assert (got - unguided).abs().max() > 1e-3  # guidance changed the result
