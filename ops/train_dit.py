@@ -110,13 +110,16 @@ class LatentPool:
         )
         x = torch.from_numpy(frames).permute(3, 0, 1, 2).unsqueeze(0).float() / 127.5 - 1
         vae = self.model.vae
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        dev = vae.latent_std.device
+        x = x.to(dev)
+        with torch.autocast(dev.type, dtype=torch.bfloat16):
             first, _, _ = vae.encode_moments(x[:, :, : self.chunk_frames])
             rest, _, _ = vae.encode_moments(x[:, :, self.chunk_frames :])
         z = torch.cat([first, rest], dim=2).float()[0]  # (z, F, h, w) unscaled
         enc = self.model.text
         idx = torch.tensor([enc.indices(parse_prompt(c).attributes) for c in captions])
-        return z, idx, object_cells(x, self.model.config.vae.time_stride, z.shape[-1])
+        obj = object_cells(x, self.model.config.vae.time_stride, z.shape[-1])
+        return z.cpu(), idx, obj.cpu()  # the pool lives in host memory
 
     def _add(self) -> None:
         z, idx, obj = self._encode()
@@ -141,14 +144,17 @@ def training_loss(model: VideoModel, z, idx, obj, args, rng) -> torch.Tensor:
     """Flow-matching loss of the noisy copy under the block-causal teacher-forcing mask."""
     dit, vae = model.dit, model.vae
     cfg = model.config
+    dev = vae.latent_std.device
+    z, idx, obj = z.to(dev), idx.to(dev), obj.to(dev)
     b, _, n, h, w = z.shape
     chunk = cfg.stream.chunk_latent_frames
     n_chunks = n // chunk
     z = (z - vae.latent_mean.view(1, -1, 1, 1, 1)) / vae.latent_std.view(1, -1, 1, 1, 1)
     # per-chunk noise levels for the noisy copy, small ones for the clean context
-    sigma = chunk_sigmas(b, n_chunks, cfg.sampler, args.schedule_prob)
+    sigma = chunk_sigmas(b, n_chunks, cfg.sampler, args.schedule_prob).to(dev)
     sigma = sigma.repeat_interleave(chunk, dim=1)  # (B, n)
     ctx_sigma = (torch.rand(b, 1) < 0.5) * torch.rand(b, n) * args.context_noise_max
+    ctx_sigma = ctx_sigma.to(dev)
     noise = torch.randn_like(z)
     x_noisy = (1 - sigma[:, None, :, None, None]) * z + sigma[:, None, :, None, None] * noise
     x_ctx = (1 - ctx_sigma[:, None, :, None, None]) * z + ctx_sigma[
@@ -156,15 +162,15 @@ def training_loss(model: VideoModel, z, idx, obj, args, rng) -> torch.Tensor:
     ] * torch.randn_like(z)
     x = torch.cat([x_ctx, x_noisy], dim=2)  # (B, z, 2n, h, w)
     s = torch.cat([ctx_sigma, sigma], dim=1)
-    drop = torch.rand(b) < args.text_drop
+    drop = (torch.rand(b) < args.text_drop).to(dev)
     idx = torch.where(drop[:, None, None], torch.zeros_like(idx), idx)
     clean_idx, loss_chunks = recache_variant(idx, args.recache_prob)
     context = torch.cat(
         [per_frame_tokens(model, clean_idx, chunk), per_frame_tokens(model, idx, chunk)], dim=1
     )  # (B, 2n, L, D)
-    positions = torch.cat([torch.arange(n), torch.arange(n)])
+    positions = torch.cat([torch.arange(n), torch.arange(n)]).to(dev)
     layout = TeacherForcingLayout(n_chunks, chunk * dit.tokens_per_frame(h, w))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(dev.type, dtype=torch.bfloat16):
         v = dit(x, s, context, positions, mask=layout)
     target = noise - z
     cell_w = 1.0 + args.object_weight * obj.float()  # (B, n, h, w): the object matters most
@@ -202,10 +208,10 @@ def recache_variant(idx: torch.Tensor, prob: float) -> tuple[torch.Tensor, torch
     """
     b, n_chunks, _ = idx.shape
     same_as_last = (idx == idx[:, -1:]).all(-1)  # (B, chunks)
-    order = torch.arange(n_chunks).expand(b, -1)
+    order = torch.arange(n_chunks, device=idx.device).expand(b, -1)
     last_diff = torch.where(~same_as_last, order, torch.full_like(order, -1)).amax(dim=1)
     start = last_diff + 1  # first chunk of the final prompt
-    use = (start > 0) & (torch.rand(b) < prob)
+    use = (start > 0) & (torch.rand(b, device=idx.device) < prob)
     clean = torch.where(use[:, None, None], idx[:, -1:].expand_as(idx), idx)
     loss_chunks = torch.where(use[:, None], order >= start[:, None], torch.ones_like(order).bool())
     return clean, loss_chunks
@@ -244,6 +250,7 @@ def main() -> None:
     )
     ap.add_argument("--context-noise-max", type=float, default=0.1)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda when a GPU is lent")
     ap.add_argument("--save-every", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -269,6 +276,7 @@ def main() -> None:
         step = int(meta.get("step", 0))
         print(f"resumed at step {step}", flush=True)
     rng = np.random.default_rng(args.seed * 7 + step)
+    model.to(args.device)
     t0 = time.time()
     pool = LatentPool(model, model.config.stream.height, args.chunks, rng, args)
     print(f"pool of {len(pool.latents)} sequences in {time.time() - t0:.0f}s", flush=True)
@@ -287,7 +295,7 @@ def main() -> None:
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
     opt_path = out / "opt.pt"
     if state_path.exists() and opt_path.exists():
-        opt.load_state_dict(torch.load(opt_path))
+        opt.load_state_dict(torch.load(opt_path, map_location=args.device))
     ema = copy.deepcopy(model)
     ema_path = out / "model.safetensors"
     if state_path.exists() and ema_path.exists():
