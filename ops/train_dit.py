@@ -160,16 +160,20 @@ def training_loss(model: VideoModel, z, idx, obj, args, rng) -> torch.Tensor:
     x_ctx = (1 - ctx_sigma[:, None, :, None, None]) * z + ctx_sigma[
         :, None, :, None, None
     ] * torch.randn_like(z)
-    x = torch.cat([x_ctx, x_noisy], dim=2)  # (B, z, 2n, h, w)
-    s = torch.cat([ctx_sigma, sigma], dim=1)
     drop = (torch.rand(b) < args.text_drop).to(dev)
     idx = torch.where(drop[:, None, None], torch.zeros_like(idx), idx)
     clean_idx, loss_chunks = recache_variant(idx, args.recache_prob)
-    context = torch.cat(
-        [per_frame_tokens(model, clean_idx, chunk), per_frame_tokens(model, idx, chunk)], dim=1
-    )  # (B, 2n, L, D)
+    tokens = per_frame_tokens(model, idx, chunk)
     positions = torch.cat([torch.arange(n), torch.arange(n)]).to(dev)
     layout = TeacherForcingLayout(n_chunks, chunk * dit.tokens_per_frame(h, w))
+    if args.own_context > 0:
+        own = (torch.rand(b) < args.own_context).to(dev)
+        x_own = own_context(dit, z, tokens, positions, layout, chunk, args)
+        x_ctx = torch.where(own[:, None, None, None, None], x_own, x_ctx)
+        ctx_sigma = torch.where(own[:, None], torch.zeros_like(ctx_sigma), ctx_sigma)
+    x = torch.cat([x_ctx, x_noisy], dim=2)  # (B, z, 2n, h, w)
+    s = torch.cat([ctx_sigma, sigma], dim=1)
+    context = torch.cat([per_frame_tokens(model, clean_idx, chunk), tokens], dim=1)  # (B, 2n, L, D)
     with torch.autocast(dev.type, dtype=torch.bfloat16):
         v = dit(x, s, context, positions, mask=layout)
     target = noise - z
@@ -177,6 +181,29 @@ def training_loss(model: VideoModel, z, idx, obj, args, rng) -> torch.Tensor:
     err = ((v[:, :, n:].float() - target).pow(2).mean(dim=1) * cell_w).mean(dim=(2, 3))
     weight = loss_chunks.repeat_interleave(chunk, dim=1).float()  # (B, n)
     return (err * weight).sum() / weight.sum()
+
+
+@torch.no_grad()
+def own_context(dit, z, tokens, positions, layout, chunk: int, args) -> torch.Tensor:
+    """The model's own version of the clean sequence, to stand in for the cached context.
+
+    At inference the context is what the model generated, with its errors; teacher
+    forcing shows the truth, and the gap (exposure bias) lets errors pile up chunk after
+    chunk. As a cheap stand-in for Self-Forcing's rollouts, each chunk is noised to a
+    level in [--own-lo, --own-hi] and denoised in one step by the model itself, seeing
+    the true chunks before it; the loss still asks for the true next chunk, so the model
+    learns to continue from, and correct, context that looks like its own output.
+    """
+    b, _, n = z.shape[:3]
+    level = torch.empty(b, n // chunk, device=z.device).uniform_(args.own_lo, args.own_hi)
+    level = level.repeat_interleave(chunk, dim=1)  # (B, n)
+    lv = level[:, None, :, None, None]
+    x_noisy = (1 - lv) * z + lv * torch.randn_like(z)
+    x = torch.cat([z, x_noisy], dim=2)
+    s = torch.cat([torch.zeros_like(level), level], dim=1)
+    with torch.autocast(z.device.type, dtype=torch.bfloat16):
+        v = dit(x, s, torch.cat([tokens, tokens], dim=1), positions, mask=layout)
+    return (x_noisy - lv * v[:, :, n:].float()).detach()
 
 
 def chunk_sigmas(b: int, n_chunks: int, sampler, schedule_prob: float) -> torch.Tensor:
@@ -249,6 +276,14 @@ def main() -> None:
         help="fraction of chunks trained at the default sampler's own noise levels",
     )
     ap.add_argument("--context-noise-max", type=float, default=0.1)
+    ap.add_argument(
+        "--own-context",
+        type=float,
+        default=0.0,
+        help="fraction of sequences whose context is the model's own one-step estimate",
+    )
+    ap.add_argument("--own-lo", type=float, default=0.2)
+    ap.add_argument("--own-hi", type=float, default=0.6)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu", help="cpu, or cuda when a GPU is lent")
     ap.add_argument("--save-every", type=int, default=100)
