@@ -15,7 +15,11 @@ Training matches inference (memory/stream.py) exactly:
     state LongLive's KV re-cache makes (see recache_variant); 10% of sequences drop the
     prompt (classifier-free guidance);
   * the clean context carries a small random noise level (diffusion forcing), told to the
-    model through its per-frame time embedding, for robustness to its own outputs.
+    model through its per-frame time embedding, for robustness to its own outputs;
+  * with --own-context, a share of sequences show the model's own one-step estimate of
+    the context instead of the truth (see own_context), against exposure bias;
+  * with --schedule-prob, a share of chunks train at the default sampler's noise levels;
+  * with --decay-minutes, the learning rate anneals over the run's last minutes.
 A pool of encoded sequences is refreshed a little every step, so the VAE encoder costs
 little. Writes runs/dit/last.safetensors (train state) and runs/dit/model.safetensors
 (the full VideoModel with EMA weights: what `endless render --model` and the evaluator use).
