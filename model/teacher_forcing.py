@@ -50,22 +50,19 @@ class TeacherForcingLayout:
         for c in range(self.chunks):
             own = slice(c * t, (c + 1) * t)
             noisy = slice(n + c * t, n + (c + 1) * t)
-            prefix_k, prefix_v = k[:, :, : c * t], v[:, :, : c * t]
-            keys = torch.cat(
-                [
-                    torch.cat([prefix_k, k[:, :, own]], dim=2),
-                    torch.cat([prefix_k, k[:, :, noisy]], dim=2),
-                ]
-            )
-            values = torch.cat(
-                [
-                    torch.cat([prefix_v, v[:, :, own]], dim=2),
-                    torch.cat([prefix_v, v[:, :, noisy]], dim=2),
-                ]
-            )
             out = F.scaled_dot_product_attention(
-                torch.cat([q[:, :, own], q[:, :, noisy]]), keys, values
+                torch.cat([q[:, :, own], q[:, :, noisy]]),
+                _prefix_plus_own(k, c * t, own, noisy),
+                _prefix_plus_own(v, c * t, own, noisy),
             )
             clean_out.append(out[:b])
             noisy_out.append(out[b:])
         return torch.cat(clean_out + noisy_out, dim=2)
+
+
+def _prefix_plus_own(x: torch.Tensor, prefix: int, own: slice, noisy: slice) -> torch.Tensor:
+    """Keys (or values) of chunk c's clean queries, [clean < c | clean c], and of its noisy
+    queries, [clean < c | noisy c], stacked on the batch axis."""
+    head = x[:, :, :prefix]
+    clean = torch.cat([head, x[:, :, own]], dim=2)
+    return torch.cat([clean, torch.cat([head, x[:, :, noisy]], dim=2)])

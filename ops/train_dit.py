@@ -160,21 +160,18 @@ def training_loss(model: VideoModel, z, idx, obj, args, rng) -> torch.Tensor:
     ctx_sigma = (torch.rand(b, 1) < 0.5) * torch.rand(b, n) * args.context_noise_max
     ctx_sigma = ctx_sigma.to(dev)
     noise = torch.randn_like(z)
-    x_noisy = (1 - sigma[:, None, :, None, None]) * z + sigma[:, None, :, None, None] * noise
-    x_ctx = (1 - ctx_sigma[:, None, :, None, None]) * z + ctx_sigma[
-        :, None, :, None, None
-    ] * torch.randn_like(z)
+    x_noisy = noised(z, sigma, noise)
+    x_ctx = noised(z, ctx_sigma, torch.randn_like(z))
     drop = (torch.rand(b) < args.text_drop).to(dev)
     idx = torch.where(drop[:, None, None], torch.zeros_like(idx), idx)
     clean_idx, loss_chunks = recache_variant(idx, args.recache_prob)
     tokens = per_frame_tokens(model, idx, chunk)
     positions = torch.cat([torch.arange(n), torch.arange(n)]).to(dev)
     layout = TeacherForcingLayout(n_chunks, chunk * dit.tokens_per_frame(h, w))
-    if args.own_context > 0:
-        own = (torch.rand(b) < args.own_context).to(dev)
-        x_own = own_context(dit, z, tokens, positions, layout, chunk, args)
-        x_ctx = torch.where(own[:, None, None, None, None], x_own, x_ctx)
-        ctx_sigma = torch.where(own[:, None], torch.zeros_like(ctx_sigma), ctx_sigma)
+    own = (torch.rand(b) < args.own_context).to(dev)
+    if own.any():  # the extra forward pass only for the sequences that use it
+        x_ctx[own] = own_context(dit, z[own], tokens[own], positions, layout, chunk, args)
+        ctx_sigma[own] = 0.0
     x = torch.cat([x_ctx, x_noisy], dim=2)  # (B, z, 2n, h, w)
     s = torch.cat([ctx_sigma, sigma], dim=1)
     context = torch.cat([per_frame_tokens(model, clean_idx, chunk), tokens], dim=1)  # (B, 2n, L, D)
@@ -201,13 +198,18 @@ def own_context(dit, z, tokens, positions, layout, chunk: int, args) -> torch.Te
     b, _, n = z.shape[:3]
     level = torch.empty(b, n // chunk, device=z.device).uniform_(args.own_lo, args.own_hi)
     level = level.repeat_interleave(chunk, dim=1)  # (B, n)
-    lv = level[:, None, :, None, None]
-    x_noisy = (1 - lv) * z + lv * torch.randn_like(z)
+    x_noisy = noised(z, level, torch.randn_like(z))
     x = torch.cat([z, x_noisy], dim=2)
     s = torch.cat([torch.zeros_like(level), level], dim=1)
     with torch.autocast(z.device.type, dtype=torch.bfloat16):
         v = dit(x, s, torch.cat([tokens, tokens], dim=1), positions, mask=layout)
-    return (x_noisy - lv * v[:, :, n:].float()).detach()
+    return x_noisy - level[:, None, :, None, None] * v[:, :, n:].float()
+
+
+def noised(z: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Latents (B, C, F, h, w) at per-frame noise levels sigma (B, F), on the flow path."""
+    s = sigma[:, None, :, None, None]
+    return (1 - s) * z + s * noise
 
 
 def chunk_sigmas(b: int, n_chunks: int, sampler, schedule_prob: float) -> torch.Tensor:
