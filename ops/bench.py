@@ -2,6 +2,7 @@
 
     .venv/bin/python ops/bench.py                 # tiny preset, 30 minutes of video
     .venv/bin/python ops/bench.py --minutes 2     # quicker
+    .venv/bin/python ops/bench.py --minutes 2 --guidance 3   # the cost of CFG (batch of 2)
 
 Prints medians over all chunks; RSS and cache bytes at minute 1 and at the last minute of
 generated video (the memory of an endless stream must not grow); the denoiser's achieved
@@ -62,12 +63,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--model", default=None, help="checkpoint (default: shipped tiny weights)")
     ap.add_argument("--switch-every", type=float, default=20.0, help="seconds between prompts")
+    ap.add_argument("--guidance", type=float, default=None, help="CFG scale (default: model's)")
     ap.add_argument("--json", help="write the figures here too")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     path = args.model or (DEFAULT_WEIGHTS if DEFAULT_WEIGHTS.exists() else None)
     model = VideoModel.load(path) if path else VideoModel.from_seed(0, "tiny", torch.bfloat16)
-    stream = Stream(model, PROMPTS[0], seed=0)
+    stream = Stream(model, PROMPTS[0], seed=0, guidance=args.guidance)
     fpc, fps = stream.frames_per_chunk, stream.fps
     chunks = int(args.minutes * 60 * fps / fpc)
     minute = 60 * fps // fpc
@@ -102,6 +104,7 @@ def main() -> None:
     result = {
         "model": str(path or "random:tiny"),
         "threads": args.threads,
+        "guidance": stream.guidance,
         "frames_per_chunk": fpc,
         "size": f"{stream.width}x{stream.height}",
         "chunks": chunks,
