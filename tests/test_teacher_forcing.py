@@ -7,6 +7,19 @@ from model.bundle import VideoModel
 from model.teacher_forcing import TeacherForcingLayout
 
 
+def teacher_forcing_inputs(model: VideoModel, chunks: int, batch: int):
+    """Random [clean | noisy] latents on a 4x4 grid with their noise levels, text,
+    positions and the teacher-forcing layout."""
+    chunk = model.config.stream.chunk_latent_frames
+    n = chunks * chunk
+    x = torch.randn(batch, model.config.vae.z_dim, 2 * n, 4, 4)
+    sigma = torch.rand(batch, 2 * n)
+    text = torch.randn(batch, model.config.dit.text_len, model.config.dit.text_dim)
+    positions = torch.cat([torch.arange(n), torch.arange(n)])
+    layout = TeacherForcingLayout(chunks, chunk * model.dit.tokens_per_frame(4, 4))
+    return x, sigma, text, positions, layout
+
+
 def test_attend_equals_dense_masked_attention():
     torch.manual_seed(0)
     layout = TeacherForcingLayout(chunks=3, chunk_tokens=5)
@@ -28,14 +41,7 @@ def test_dit_forward_and_gradients_match_the_dense_mask():
     model = VideoModel.from_seed(0, "micro")
     dit = model.dit
     dit.requires_grad_(True)
-    chunk = model.config.stream.chunk_latent_frames
-    n = 2 * chunk
-    z = model.config.vae.z_dim
-    x = torch.randn(1, z, 2 * n, 4, 4)
-    sigma = torch.rand(1, 2 * n)
-    text = torch.randn(1, model.config.dit.text_len, model.config.dit.text_dim)
-    positions = torch.cat([torch.arange(n), torch.arange(n)])
-    layout = TeacherForcingLayout(2, chunk * dit.tokens_per_frame(4, 4))
+    x, sigma, text, positions, layout = teacher_forcing_inputs(model, chunks=2, batch=1)
     outs, grads = [], []
     for mask in (layout.dense_mask(), layout):
         dit.zero_grad()
@@ -53,12 +59,7 @@ def test_first_chunk_alone_equals_its_noisy_copy_under_the_layout():
     model = VideoModel.from_seed(0, "micro")
     dit = model.dit
     n = model.config.stream.chunk_latent_frames
-    z = model.config.vae.z_dim
-    x = torch.randn(2, z, 2 * n, 4, 4)
-    sigma = torch.rand(2, 2 * n)
-    text = torch.randn(2, model.config.dit.text_len, model.config.dit.text_dim)
-    positions = torch.cat([torch.arange(n), torch.arange(n)])
-    layout = TeacherForcingLayout(1, n * dit.tokens_per_frame(4, 4))
+    x, sigma, text, positions, layout = teacher_forcing_inputs(model, chunks=1, batch=2)
     with torch.no_grad():
         both = dit(x, sigma, text, positions, mask=layout)[:, :, n:]
         alone = dit(x[:, :, n:], sigma[:, n:], text, positions[:n])
