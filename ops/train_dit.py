@@ -151,42 +151,52 @@ def training_loss(model: VideoModel, z, idx, obj, args, rng) -> torch.Tensor:
     cfg = model.config
     dev = vae.latent_std.device
     z, idx, obj = z.to(dev), idx.to(dev), obj.to(dev)
-    b, _, n, h, w = z.shape
+    b, _, n = z.shape[:3]
     chunk = cfg.stream.chunk_latent_frames
     n_chunks = n // chunk
     z = (z - vae.latent_mean.view(1, -1, 1, 1, 1)) / vae.latent_std.view(1, -1, 1, 1, 1)
-    # per-chunk noise levels for the noisy copy, small ones for the clean context
+    # per-chunk noise levels for the noisy copy
     sigma = chunk_sigmas(b, n_chunks, cfg.sampler, args.schedule_prob).to(dev)
     sigma = sigma.repeat_interleave(chunk, dim=1)  # (B, n)
-    ctx_sigma = (torch.rand(b, 1) < 0.5) * torch.rand(b, n) * args.context_noise_max
-    ctx_sigma = ctx_sigma.to(dev)
     noise = torch.randn_like(z)
     x_noisy = noised(z, sigma, noise)
-    x_ctx = noised(z, ctx_sigma, torch.randn_like(z))
     drop = (torch.rand(b) < args.text_drop).to(dev)
     idx = torch.where(drop[:, None, None], torch.zeros_like(idx), idx)
     clean_idx, loss_chunks = recache_variant(idx, args.recache_prob)
     tokens = per_frame_tokens(model, idx, chunk)
-    positions = torch.cat([torch.arange(n), torch.arange(n)]).to(dev)
-    layout = TeacherForcingLayout(n_chunks, chunk * dit.tokens_per_frame(h, w))
     if n_chunks == 1:  # a stream's first chunk alone: no context, so no clean copy
         with torch.autocast(dev.type, dtype=torch.bfloat16):
-            v = dit(x_noisy, sigma, tokens, positions[:n])
+            v = dit(x_noisy, sigma, tokens, torch.arange(n, device=dev))
     else:
-        own = (torch.rand(b) < args.own_context).to(dev)
-        if own.any():  # the extra forward pass only for the sequences that use it
-            x_ctx[own] = own_context(dit, z[own], tokens[own], positions, layout, chunk, args)
-            ctx_sigma[own] = 0.0
-        x = torch.cat([x_ctx, x_noisy], dim=2)  # (B, z, 2n, h, w)
-        s = torch.cat([ctx_sigma, sigma], dim=1)
-        context = torch.cat([per_frame_tokens(model, clean_idx, chunk), tokens], dim=1)
-        with torch.autocast(dev.type, dtype=torch.bfloat16):
-            v = dit(x, s, context, positions, mask=layout)[:, :, n:]  # the noisy copy
+        clean_tokens = per_frame_tokens(model, clean_idx, chunk)
+        v = teacher_forced_velocity(dit, z, x_noisy, sigma, tokens, clean_tokens, chunk, args)
     target = noise - z
     cell_w = 1.0 + args.object_weight * obj.float()  # (B, n, h, w): the object matters most
     err = ((v.float() - target).pow(2).mean(dim=1) * cell_w).mean(dim=(2, 3))
     weight = loss_chunks.repeat_interleave(chunk, dim=1).float()  # (B, n)
     return (err * weight).sum() / weight.sum()
+
+
+def teacher_forced_velocity(dit, z, x_noisy, sigma, tokens, clean_tokens, chunk: int, args):
+    """The DiT's velocity for the noisy copy, each chunk seeing the clean chunks before it.
+
+    The clean copy carries a small random noise level (diffusion forcing) or, for a share
+    of the sequences, the model's own estimate (see own_context)."""
+    b, _, n, h, w = z.shape
+    ctx_sigma = (torch.rand(b, 1) < 0.5) * torch.rand(b, n) * args.context_noise_max
+    ctx_sigma = ctx_sigma.to(z.device)
+    x_ctx = noised(z, ctx_sigma, torch.randn_like(z))
+    positions = torch.cat([torch.arange(n), torch.arange(n)]).to(z.device)
+    layout = TeacherForcingLayout(n // chunk, chunk * dit.tokens_per_frame(h, w))
+    own = (torch.rand(b) < args.own_context).to(z.device)
+    if own.any():  # the extra forward pass only for the sequences that use it
+        x_ctx[own] = own_context(dit, z[own], tokens[own], positions, layout, chunk, args)
+        ctx_sigma[own] = 0.0
+    x = torch.cat([x_ctx, x_noisy], dim=2)  # (B, z, 2n, h, w)
+    s = torch.cat([ctx_sigma, sigma], dim=1)
+    with torch.autocast(z.device.type, dtype=torch.bfloat16):
+        v = dit(x, s, torch.cat([clean_tokens, tokens], dim=1), positions, mask=layout)
+    return v[:, :, n:]
 
 
 @torch.no_grad()
