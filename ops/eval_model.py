@@ -23,7 +23,7 @@ import torch
 from memory.stream import follow_timeline
 from model.bundle import VideoModel
 from model.tinyworld.captions import evaluation_prompts, random_switch
-from model.tinyworld.evaluate import evaluate_frames
+from model.tinyworld.evaluate import evaluate_frames, merge_confusion, misreadings
 from model.tinyworld.spec import parse_prompt
 
 
@@ -63,6 +63,7 @@ def short_clips(model, args) -> dict:
         )
         reports.append(evaluate_frames(frames, timeline, fps=24, chunk_frames=12))
     switches = [s for r in reports for s in r.switches]
+    confusion = merge_confusion(r.confusion for r in reports)
     visible = [s.chunks_to_visible for s in switches]
     jumps = [s.position_jump for s in switches if s.position_jump is not None]
     return {
@@ -76,6 +77,8 @@ def short_clips(model, args) -> dict:
         ),
         "switch_position_jump_median_fw": statistics.median(jumps) if jumps else None,
         "switch_position_jumps_measured": len(jumps),
+        "most_misread": misreadings(confusion),
+        "confusion": confusion,
     }
 
 

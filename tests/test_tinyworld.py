@@ -211,6 +211,14 @@ def test_wrong_prompt_scores_low():
     partly = evaluate.evaluate_frames(frames, [(0.0, "a big red ring bouncing in the ocean")])
     assert partly.adherence["colour"] == 1.0 and partly.adherence["shape"] == 0.0
     assert partly.adherence["all"] == 0.0
+    # the confusion table says what was read instead: every chunk's ring is a circle
+    chunks = partly.chunks_scored
+    assert partly.confusion["shape"] == {"ring": {"circle": chunks}}
+    assert partly.confusion["colour"] == {"red": {"red": chunks}}
+    assert "shape: ring->circle" in partly.summary()
+    assert "colour" not in evaluate.misreadings(partly.confusion)
+    both = evaluate.merge_confusion([partly.confusion, report.confusion])
+    assert both["shape"] == {"ring": {"circle": chunks}, "square": {"circle": chunks}}
 
 
 def test_mp4_round_trip_through_cli(tmp_path, capsys):

@@ -325,6 +325,8 @@ class Report:
     chunks_seen: int
     switches: list[SwitchResult] = field(default_factory=list)
     brightness_per_minute: list[float] = field(default_factory=list)
+    # per attribute: asked word -> read word ("none": nothing readable) -> scored chunks
+    confusion: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -343,10 +345,45 @@ class Report:
             jump = "" if sw.position_jump is None else f", jump {sw.position_jump:.3f} fw"
             seen = sw.chunks_to_visible
             lines.append(f"switch @{sw.frame} {sw.prompt!r}: visible after {seen} chunks{jump}")
+        misread = misreadings(self.confusion)
+        if misread:
+            lines.append("most misread " + misread)
         if self.brightness_per_minute:
             b = ", ".join(f"{v:.1f}" for v in self.brightness_per_minute)
             lines.append(f"brightness per minute: {b}")
         return "\n".join(lines)
+
+
+def misreadings(confusion: dict[str, dict[str, dict[str, int]]], top: int = 3) -> str:
+    """The most frequent wrong readings per attribute, e.g. 'shape: square->circle 28'."""
+    parts = []
+    for attr, table in confusion.items():
+        wrong = sorted(
+            (
+                (n, f"{asked}->{read}")
+                for asked, row in table.items()
+                for read, n in row.items()
+                if read != asked
+            ),
+            reverse=True,
+        )
+        if wrong:
+            parts.append(f"{attr}: " + ", ".join(f"{name} {n}" for n, name in wrong[:top]))
+    return "; ".join(parts)
+
+
+def merge_confusion(
+    tables: Iterable[dict[str, dict[str, dict[str, int]]]],
+) -> dict[str, dict[str, dict[str, int]]]:
+    """Sum the confusion tables of several reports."""
+    out: dict[str, dict[str, dict[str, int]]] = {}
+    for table in tables:
+        for attr, rows in table.items():
+            for asked, row in rows.items():
+                into = out.setdefault(attr, {}).setdefault(asked, {})
+                for read, n in row.items():
+                    into[read] = into.get(read, 0) + n
+    return out
 
 
 def _vote(values: list[int], names: tuple[str, ...]) -> str | None:
@@ -424,12 +461,17 @@ def evaluate_frames(
         for k in range(n // c)
     ]
     total, held, seen = _Tally(), _Tally(), _Tally()
+    confusion: dict[str, dict[str, dict[str, int]]] = {}
     for seg in segments:
         asked = seg.asked
         triple = (asked.colour, asked.shape, asked.background)
         split = None if None in triple else held if is_held_out(*triple) else seen
         for k in range(-(-seg.start // c), seg.end // c):
             match = _matches(chunk_reads[k], asked)
+            for attr in match:
+                row = confusion.setdefault(attr, {}).setdefault(getattr(asked, attr), {})
+                read = chunk_reads[k][attr] or "none"
+                row[read] = row.get(read, 0) + 1
             if match:
                 total.add(match)
                 if split is not None:
@@ -453,6 +495,7 @@ def evaluate_frames(
         chunks_seen=seen.n["all"],
         switches=switches,
         brightness_per_minute=minutes,
+        confusion=confusion,
     )
 
 
