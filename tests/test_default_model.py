@@ -1,8 +1,9 @@
 """The shipped default model: loads strictly, and what it has learned holds.
 
 The shipped checkpoint is an early one (see README, "Quality"): it draws the asked
-background reliably and the object only partly, so this pins the background (and its
-switches) with the TinyWorld evaluator; a checkpoint that regressed would fail here.
+background and the object's colour reliably and the shape and motion only partly, so this
+pins background and colour (and their switches) with the TinyWorld evaluator; a
+checkpoint that regressed would fail here.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from model.bundle import DEFAULT_WEIGHTS, VideoModel
 from model.config import PRESETS
 from model.storyboard import chunk_at
 from model.tinyworld.evaluate import FrameReader
-from model.tinyworld.spec import BACKGROUND_NAMES, parse_prompt
+from model.tinyworld.spec import BACKGROUND_NAMES, COLOUR_NAMES, parse_prompt
 
 TIMELINE = [
     (0.0, "a big red circle bouncing over the ocean"),
@@ -32,9 +33,10 @@ def test_shipped_checkpoint_loads_strictly():
     assert model.config == PRESETS["tiny"]
 
 
-def test_shipped_model_draws_the_asked_background_and_switches_it():
-    """An 8 s, four-prompt generation shows each asked background, as the evaluator reads
-    frames, on >= 90% of the frames from 2 chunks after each switch to the next one."""
+def test_shipped_model_draws_the_asked_background_and_colour_and_switches_them():
+    """An 8 s, four-prompt generation shows each asked background and object colour, as
+    the evaluator reads frames, on >= 90% of the frames from 2 chunks after each switch
+    to the next one."""
     torch.set_num_threads(2)
     model = VideoModel.load_default()
     s = Stream(model, TIMELINE[0][1], seed=0)
@@ -46,7 +48,11 @@ def test_shipped_model_draws_the_asked_background_and_switches_it():
             s.set_prompt(prompt)
         end = starts[i + 1] if i + 1 < len(TIMELINE) else int(SECONDS * s.fps) // fpc
         frames = [f for _ in range(starts[i], end) for f in s.next_chunk()]
-        asked = BACKGROUND_NAMES.index(parse_prompt(prompt).attributes.background)
-        settled = frames[2 * fpc if i else 0 :]
-        hits = sum(reader.read(f).background == asked for f in settled)
-        assert hits >= 0.9 * len(settled), (prompt, hits, len(settled))
+        asked = parse_prompt(prompt).attributes
+        settled = [reader.read(f) for f in frames[2 * fpc if i else 0 :]]
+        background = BACKGROUND_NAMES.index(asked.background)
+        colour = COLOUR_NAMES.index(asked.colour)
+        bg_hits = sum(r.background == background for r in settled)
+        colour_hits = sum(r.colour == colour for r in settled)
+        assert bg_hits >= 0.9 * len(settled), (prompt, "background", bg_hits, len(settled))
+        assert colour_hits >= 0.9 * len(settled), (prompt, "colour", colour_hits, len(settled))
