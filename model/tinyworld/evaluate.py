@@ -58,6 +58,9 @@ OFF_LINE = 60.0  # RGB distance off the background->colour line still counted as
 MIN_OBJECT_FRACTION = 0.2  # of a small square's area, to say "there is an object"
 MAX_TRACK_RMS = 0.02  # fw; worse fits than this read as "no recognisable motion"
 
+# per attribute: asked word -> read word ("none": nothing readable) -> scored chunks
+Confusion = dict[str, dict[str, dict[str, int]]]
+
 
 # --- one frame -------------------------------------------------------------------------
 
@@ -325,8 +328,7 @@ class Report:
     chunks_seen: int
     switches: list[SwitchResult] = field(default_factory=list)
     brightness_per_minute: list[float] = field(default_factory=list)
-    # per attribute: asked word -> read word ("none": nothing readable) -> scored chunks
-    confusion: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
+    confusion: Confusion = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -354,7 +356,7 @@ class Report:
         return "\n".join(lines)
 
 
-def misreadings(confusion: dict[str, dict[str, dict[str, int]]], top: int = 3) -> str:
+def misreadings(confusion: Confusion, top: int = 3) -> str:
     """The most frequent wrong readings per attribute, e.g. 'shape: square->circle 28'."""
     parts = []
     for attr, table in confusion.items():
@@ -372,17 +374,19 @@ def misreadings(confusion: dict[str, dict[str, dict[str, int]]], top: int = 3) -
     return "; ".join(parts)
 
 
-def merge_confusion(
-    tables: Iterable[dict[str, dict[str, dict[str, int]]]],
-) -> dict[str, dict[str, dict[str, int]]]:
+def _count_reading(table: Confusion, attr: str, asked: str, read: str, n: int = 1) -> None:
+    row = table.setdefault(attr, {}).setdefault(asked, {})
+    row[read] = row.get(read, 0) + n
+
+
+def merge_confusion(tables: Iterable[Confusion]) -> Confusion:
     """Sum the confusion tables of several reports."""
-    out: dict[str, dict[str, dict[str, int]]] = {}
+    out: Confusion = {}
     for table in tables:
         for attr, rows in table.items():
             for asked, row in rows.items():
-                into = out.setdefault(attr, {}).setdefault(asked, {})
                 for read, n in row.items():
-                    into[read] = into.get(read, 0) + n
+                    _count_reading(out, attr, asked, read, n)
     return out
 
 
@@ -461,7 +465,7 @@ def evaluate_frames(
         for k in range(n // c)
     ]
     total, held, seen = _Tally(), _Tally(), _Tally()
-    confusion: dict[str, dict[str, dict[str, int]]] = {}
+    confusion: Confusion = {}
     for seg in segments:
         asked = seg.asked
         triple = (asked.colour, asked.shape, asked.background)
@@ -469,9 +473,8 @@ def evaluate_frames(
         for k in range(-(-seg.start // c), seg.end // c):
             match = _matches(chunk_reads[k], asked)
             for attr in match:
-                row = confusion.setdefault(attr, {}).setdefault(getattr(asked, attr), {})
                 read = chunk_reads[k][attr] or "none"
-                row[read] = row.get(read, 0) + 1
+                _count_reading(confusion, attr, getattr(asked, attr), read)
             if match:
                 total.add(match)
                 if split is not None:
