@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -60,6 +61,12 @@ class VideoModel(torch.nn.Module):
         self.dtype = dtype
         self.dit.to(dtype)
         self.vae.to(dtype)
+        return self
+
+    def with_sampler(self, **changes) -> VideoModel:
+        """Change sampler settings (steps, shift, guidance, guidance_interval) in place for
+        streams made after this call, e.g. `with_sampler(guidance=4, guidance_interval=(.7, 1))`."""
+        self.config = replace(self.config, sampler=replace(self.config.sampler, **changes))
         return self
 
     @classmethod

@@ -41,13 +41,15 @@ class FlowSampler:
         velocity: Callable[[torch.Tensor, float, tuple[bool, ...]], torch.Tensor],
         steps: int | None = None,
         guidance: float | None = None,
+        interval: tuple[float, float] | None = None,
     ) -> torch.Tensor:
         steps = steps or self.cfg.steps
         guidance = self.cfg.guidance if guidance is None else guidance
+        lo, hi = self.cfg.guidance_interval if interval is None else interval
         sched = sigmas(steps, self.cfg.shift).tolist()
         x = noise
         for s, s_next in zip(sched[:-1], sched[1:], strict=True):
-            if guidance == 1.0:
+            if guidance == 1.0 or not lo <= s <= hi:
                 v = velocity(x, s, (True,))
             else:
                 v_cond, v_uncond = velocity(torch.cat([x, x]), s, (True, False)).chunk(2)

@@ -64,11 +64,20 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="checkpoint (default: shipped tiny weights)")
     ap.add_argument("--switch-every", type=float, default=20.0, help="seconds between prompts")
     ap.add_argument("--guidance", type=float, default=None, help="CFG scale (default: model's)")
+    ap.add_argument(
+        "--guidance-interval",
+        type=float,
+        nargs=2,
+        metavar=("LO", "HI"),
+        help="apply guidance only at noise levels in [LO, HI] (default: the model's)",
+    )
     ap.add_argument("--json", help="write the figures here too")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     path = args.model or (DEFAULT_WEIGHTS if DEFAULT_WEIGHTS.exists() else None)
     model = VideoModel.load(path) if path else VideoModel.from_seed(0, "tiny", torch.bfloat16)
+    if args.guidance_interval:
+        model.with_sampler(guidance_interval=tuple(args.guidance_interval))
     stream = Stream(model, PROMPTS[0], seed=0, guidance=args.guidance)
     fpc, fps = stream.frames_per_chunk, stream.fps
     chunks = int(args.minutes * 60 * fps / fpc)
@@ -105,6 +114,7 @@ def main() -> None:
         "model": str(path or "random:tiny"),
         "threads": args.threads,
         "guidance": stream.guidance,
+        "guidance_interval": list(model.config.sampler.guidance_interval),
         "frames_per_chunk": fpc,
         "size": f"{stream.width}x{stream.height}",
         "chunks": chunks,

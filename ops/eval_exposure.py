@@ -46,11 +46,20 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--chunks", type=int, default=4, help="score this chunk (from 1)")
     ap.add_argument("--guidance", type=float, default=None)
+    ap.add_argument(
+        "--guidance-interval",
+        type=float,
+        nargs=2,
+        metavar=("LO", "HI"),
+        help="apply guidance only at noise levels in [LO, HI] (default: the model's)",
+    )
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model = VideoModel.load(args.model)
+    if args.guidance_interval:
+        model.with_sampler(guidance_interval=tuple(args.guidance_interval))
     tally = {"true context": Counter(), "own context": Counter(), "first chunk": Counter()}
     prompts = evaluation_prompts(args.prompts, seed=args.seed)
     for i, prompt in enumerate(prompts):

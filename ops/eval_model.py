@@ -125,18 +125,28 @@ def main() -> None:
     ap.add_argument("--long", type=float, default=0.0, help="minutes of the long stream (0: skip)")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--guidance", type=float, default=None, help="classifier-free guidance")
+    ap.add_argument(
+        "--guidance-interval",
+        type=float,
+        nargs=2,
+        metavar=("LO", "HI"),
+        help="apply guidance only at noise levels in [LO, HI] (default: the model's)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model = VideoModel.load(args.model)
+    if args.guidance_interval:
+        model.with_sampler(guidance_interval=tuple(args.guidance_interval))
     t0 = time.time()
     sampler = model.config.sampler
     result = {
         "model": args.model,
         "steps": args.steps or sampler.steps,
         "guidance": sampler.guidance if args.guidance is None else args.guidance,
+        "guidance_interval": list(sampler.guidance_interval),
     }
     if args.prompts:
         result["short"] = short_clips(model, args)

@@ -26,6 +26,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None, help="denoising steps per chunk")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance")
     p.add_argument(
+        "--guidance-interval",
+        type=float,
+        nargs=2,
+        metavar=("LO", "HI"),
+        help="apply guidance only at noise levels in [LO, HI] (default: the model's)",
+    )
+    p.add_argument(
         "--model", default="tiny", help="'tiny' (shipped), 'random:PRESET' or a .safetensors path"
     )
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
@@ -62,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
     if not os.access(out.parent, os.W_OK):
         raise RenderError(f"output folder {out.parent} is not writable", value=str(out))
     model = resolve_model(args.model, args.threads)
+    if args.guidance_interval:
+        model.with_sampler(guidance_interval=tuple(args.guidance_interval))
     for _, text in timeline:
         model.text.encode_strict(text)
     result = render_video(

@@ -11,9 +11,9 @@ import torch
 from memory.policy import SinkRollingWindow
 from memory.stream import Stream, chunk_noise
 from model.bundle import VideoModel
-from model.config import PRESETS, StreamConfig
+from model.config import PRESETS, SamplerConfig, StreamConfig
 from model.dit import block_causal_mask
-from model.errors import EndlessError, PromptError, UnknownWordsError
+from model.errors import ConfigError, EndlessError, PromptError, UnknownWordsError
 
 torch.set_num_threads(1)
 
@@ -261,3 +261,43 @@ def test_guidance_batches_both_passes_and_equals_two_separate_calls():
         unguided = s.sampler.sample(plan.noise, separate, s.steps, 1.0)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
     assert (got - unguided).abs().max() > 1e-3  # guidance changed the result
+
+
+def test_guidance_interval_guides_only_the_steps_whose_noise_level_it_holds():
+    """With an interval, steps outside it make one conditional pass (no CFG batch), so a
+    chunk equals the unguided one when no step falls inside and differs when some do."""
+    model = VideoModel.from_seed(0, "micro").set_dtype(torch.float32)
+    s = Stream(model, PROMPT, seed=5, guidance=3.0)
+    plan = s.plan()
+    text = torch.stack([plan.prompt.tokens, model.text.null()])
+    positions = torch.arange(plan.n_context, plan.n_context + s.chunk_frames)
+    batches: list[int] = []
+
+    def velocity(x, sigma, conds):
+        batches.append(len(conds))
+        sig = torch.full((x.shape[0], s.chunk_frames), sigma)
+        ctx = text[[0 if c else 1 for c in conds]]
+        return model.dit(x, sig, ctx, positions)
+
+    levels = [1.0, 0.9, 0.75, 0.5]  # steps 4, shift 3
+    with torch.no_grad():
+        unguided = s.sampler.sample(plan.noise, velocity, 4, 1.0)
+        batches.clear()
+        outside = s.sampler.sample(plan.noise, velocity, 4, 3.0, interval=(0.0, 0.4))
+        assert batches == [1, 1, 1, 1]
+        batches.clear()
+        high = s.sampler.sample(plan.noise, velocity, 4, 3.0, interval=(0.7, 0.95))
+        assert batches == [2 if 0.7 <= lv <= 0.95 else 1 for lv in levels] == [1, 2, 2, 1]
+        full = s.sampler.sample(plan.noise, velocity, 4, 3.0)
+    torch.testing.assert_close(outside, unguided)
+    assert (high - unguided).abs().max() > 1e-3
+    assert (high - full).abs().max() > 1e-3
+    # the model's own setting applies when the call names none
+    model.with_sampler(guidance_interval=(0.0, 0.4))
+    assert Stream(model, PROMPT).sampler.cfg.guidance_interval == (0.0, 0.4)
+
+
+@pytest.mark.parametrize("interval", [(0.9, 0.2), (-0.1, 0.5), (0.5, 1.5)])
+def test_sampler_config_rejects_an_empty_or_out_of_range_guidance_interval(interval):
+    with pytest.raises(ConfigError, match="guidance interval"):
+        SamplerConfig(guidance_interval=interval)

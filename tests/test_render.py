@@ -91,6 +91,10 @@ def test_cli_reports_errors_and_renders_storyboards(tmp_path, capsys):
     assert "purple" in capsys.readouterr().err
     assert main(["render", "", "--model", "random:micro", "-o", str(tmp_path / "a.mp4")]) == 2
     assert "empty" in capsys.readouterr().err
+    bad_interval = ["--guidance", "3", "--guidance-interval", "0.9", "0.2"]
+    args = ["render", "a red circle", "--model", "random:micro", *bad_interval]
+    assert main([*args, "-o", str(tmp_path / "a.mp4")]) == 2
+    assert "guidance interval" in capsys.readouterr().err
     story = tmp_path / "s.json"
     story.write_text(
         json.dumps([{"at": 0, "prompt": "a red circle"}, {"at": 0.5, "prompt": "a cyan ring"}])
