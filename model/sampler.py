@@ -6,6 +6,7 @@ v = noise - x0, and an Euler step moves x from sigma to sigma_next by (sigma_nex
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable
 
 import torch
@@ -56,3 +57,20 @@ class FlowSampler:
                 v = v_uncond + guidance * (v_cond - v_uncond)
             x = x + (s_next - s) * v
         return x
+
+
+def add_guidance_interval_option(parser: argparse.ArgumentParser) -> None:
+    """`--guidance-interval LO HI` for the command-line tools (see `use_guidance_interval`)."""
+    parser.add_argument(
+        "--guidance-interval",
+        type=float,
+        nargs=2,
+        metavar=("LO", "HI"),
+        help="apply guidance only at noise levels in [LO, HI] (default: the model's)",
+    )
+
+
+def use_guidance_interval(model, args: argparse.Namespace) -> None:
+    """Make the model's later streams use the interval given on the command line, if any."""
+    if args.guidance_interval:
+        model.with_sampler(guidance_interval=tuple(args.guidance_interval))

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from model.errors import RenderError
+from model.sampler import add_guidance_interval_option, use_guidance_interval
 from model.storyboard import load_storyboard
 from server.offline import RenderProgress, check_duration, render_video, resolve_model
 
@@ -25,13 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None, help="denoising steps per chunk")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance")
-    p.add_argument(
-        "--guidance-interval",
-        type=float,
-        nargs=2,
-        metavar=("LO", "HI"),
-        help="apply guidance only at noise levels in [LO, HI] (default: the model's)",
-    )
+    add_guidance_interval_option(p)
     p.add_argument(
         "--model", default="tiny", help="'tiny' (shipped), 'random:PRESET' or a .safetensors path"
     )
@@ -69,8 +64,7 @@ def run(args: argparse.Namespace) -> int:
     if not os.access(out.parent, os.W_OK):
         raise RenderError(f"output folder {out.parent} is not writable", value=str(out))
     model = resolve_model(args.model, args.threads)
-    if args.guidance_interval:
-        model.with_sampler(guidance_interval=tuple(args.guidance_interval))
+    use_guidance_interval(model, args)
     for _, text in timeline:
         model.text.encode_strict(text)
     result = render_video(
