@@ -280,10 +280,10 @@ class LiveServer:
     async def _on_message(self, conn: Connection, raw: str | bytes) -> None:
         seq = None
         try:
+            msg = protocol.decode(raw, self.config.max_message_bytes)
+            seq = protocol.seq_of(msg)  # read first, so that even a refusal can echo it
             if not conn.message_limit.take(time.monotonic()):
                 raise request_error("rate_limited", "too many messages; slow down")
-            msg = protocol.decode(raw, self.config.max_message_bytes)
-            seq = protocol.seq_of(msg)
             protocol.check_type(msg)
             self.metrics.messages.labels(msg["type"]).inc()
             reply = await getattr(self, "_on_" + msg["type"])(conn, msg)

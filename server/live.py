@@ -221,6 +221,16 @@ class LiveStream:
             track.stop()
             await pc.close()
             raise request_error("bad_sdp", f"cannot answer this offer: {exc}") from None
+        # the answer took awaits: the stream may have ended, or other watches filled it
+        refusal = None
+        if self.ended:
+            refusal = request_error("unknown_stream", f"stream {self.id} has ended", self.id)
+        elif len(self.viewers) >= self.config.max_viewers_per_stream:
+            refusal = request_error("too_many_viewers", f"stream {self.id} has its viewer limit")
+        if refusal is not None:
+            track.stop()
+            await pc.close()
+            raise refusal
         viewer = Viewer(viewer_id, pc, track, conn)
         self.viewers[viewer_id] = viewer
         conn.viewers[viewer_id] = self

@@ -45,12 +45,19 @@ def decode(raw: str | bytes, max_bytes: int) -> dict[str, Any]:
     if size > max_bytes:
         raise request_error("too_big", f"message of {size} bytes; the limit is {max_bytes}", size)
     try:
-        msg = json.loads(raw)
+        msg = json.loads(raw, parse_constant=_not_json)
     except (ValueError, UnicodeDecodeError) as exc:
         raise request_error("bad_json", f"not JSON: {exc}") from None
+    except RecursionError:
+        raise request_error("bad_json", "not JSON we read: nested too deeply") from None
     if not isinstance(msg, dict):
         raise request_error("bad_message", "a message must be a JSON object")
     return msg
+
+
+def _not_json(name: str) -> None:
+    """NaN and Infinity: Python's json reads them, but JSON (and browsers) do not."""
+    raise ValueError(f"{name} is not a JSON value")
 
 
 def check_type(msg: dict[str, Any]) -> str:

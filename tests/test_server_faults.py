@@ -48,6 +48,8 @@ async def error_event(s, start: int) -> dict:
         ('{"type": "watch", "stream": "nope", "sdp": "v=0", "seq": 11}', "unknown_stream"),
         ('{"type": "create", "seed": -1, "seq": 12}', "bad_message"),
         ('{"type": "unwatch", "viewer": "x", "seq": 13}', "unknown_viewer"),
+        ("[" * 50_000, "bad_json"),  # nested past what the parser will read
+        ('{"type": "ping", "pad": NaN}', "bad_json"),  # not JSON, though Python reads it
     ],
 )
 async def test_malformed_and_unknown_messages_get_coded_errors(live_server, session, raw, code):
@@ -87,6 +89,23 @@ async def test_bad_sdp_is_rejected_and_the_stream_keeps_playing(live_server, ses
         assert info.value.code == "bad_sdp"
     assert not server.streams[stream].viewers
     await still_alive(server, s, stream)
+
+
+async def test_a_message_flood_is_refused_with_errors_that_echo_seq(live_server, session):
+    """Past the message burst, requests get "rate_limited" errors that carry their seq, so
+    a client waiting on each reply hears back instead of hanging."""
+    server, s, stream = await started(live_server, session, message_rate=1.0, message_burst=3)
+    replies = await asyncio.wait_for(
+        asyncio.gather(
+            *(s.request({"type": "ping"}, timeout=timeout(10)) for _ in range(10)),
+            return_exceptions=True,
+        ),
+        timeout(10),
+    )
+    limited = [r for r in replies if isinstance(r, ServerError) and r.code == "rate_limited"]
+    pongs = [r for r in replies if isinstance(r, dict) and r["type"] == "pong"]
+    assert len(pongs) + len(limited) == 10 and len(limited) >= 5, replies
+    assert stream in server.streams
 
 
 async def test_a_prompt_flood_is_rate_limited_per_connection(live_server, session):
@@ -160,6 +179,35 @@ async def test_a_client_that_vanishes_mid_stream_is_cleaned_up(live_server, sess
         while live.viewers or len(server.connections) != 1:
             await asyncio.sleep(0.05)
     await still_alive(server, s, stream)
+
+
+async def test_a_watch_still_being_answered_when_the_stream_ends_is_refused(
+    live_server, session, monkeypatch
+):
+    """Answering an offer takes awaits; if the stream ends meanwhile (another client's
+    "stop"), the watch gets "unknown_stream" and leaves no viewer or peer behind."""
+    from aiortc import RTCPeerConnection
+
+    server, s, stream = await started(live_server, session)
+    live = server.streams[stream]
+    answer_offer = RTCPeerConnection.setRemoteDescription
+
+    async def answer_after_the_end(pc, description):
+        if description.type == "offer":  # the server's side: hold it until the stop
+            while not live.ended:
+                await asyncio.sleep(0.01)
+        return await answer_offer(pc, description)
+
+    monkeypatch.setattr(RTCPeerConnection, "setRemoteDescription", answer_after_the_end)
+    watcher = await session(server.ws_url)
+    watch = asyncio.ensure_future(watcher.watch(stream))
+    await asyncio.sleep(0.1)
+    await s.stop(stream)
+    with pytest.raises(ServerError) as info:
+        await asyncio.wait_for(watch, timeout(10))
+    assert info.value.code == "unknown_stream"
+    assert not live.viewers and all(not c.viewers for c in server.connections)
+    assert server.metrics.registry.get_sample_value("endless_viewers") == 0
 
 
 async def test_stop_ends_the_stream_for_everyone(live_server, session):
