@@ -85,8 +85,11 @@ class PromptPlan:
         return PromptPlan(keep)
 
     def with_storyboard(self, boundary: int, items: list[tuple[int, str]]) -> PromptPlan:
-        """Replace the scheduled entries from `boundary` on by `items` (chunk, text)."""
+        """Replace the scheduled entries from `boundary` on by `items` (chunk, text); the
+        prompt in force at `boundary` stays until the first item, even if it was scheduled."""
         keep = {k: e for k, e in self.entries.items() if k < boundary or e.source == "prompt"}
+        if not any(k <= boundary for k in keep):
+            keep[boundary] = PlanEntry(self.prompt_at(boundary), "prompt")
         for chunk, text in items:
             keep[chunk] = PlanEntry(text, "storyboard")
         return PromptPlan(keep)

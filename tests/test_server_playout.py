@@ -131,6 +131,18 @@ def test_a_new_storyboard_replaces_the_pending_one_but_keeps_typed_prompts():
     assert plan.first_difference(PromptPlan().with_prompt(0, "a"), 0) == 2
 
 
+def test_a_storyboard_that_replaces_one_starting_at_chunk_0_keeps_the_prompt_in_force():
+    """A storyboard item at 0 s replaced the opening prompt; a second storyboard from the
+    same boundary keeps that prompt until its own first item (no chunk left without one)."""
+    p = Playout("a red circle", 12, 24, ahead_chunks=2)
+    _, change = p.set_storyboard([(0.0, "a blue square")])
+    assert change.plan == ((0, "a blue square"),)
+    frames, change = p.set_storyboard([(5.0, "a green ring")])
+    assert frames == [120]
+    assert change.rewind_to == 10  # nothing before 5 s changes
+    assert change.plan == ((0, "a blue square"), (10, "a green ring"))
+
+
 def test_scheduler_picks_the_stream_with_the_fewest_ready_chunks_then_in_turn():
     """The worker serves the neediest stream first; equal streams take turns."""
     from server.worker import pick
