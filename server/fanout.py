@@ -59,19 +59,31 @@ class SharedEncoder:
         self._want_key = True
         self._last_key_tick: int | None = None
         self._last_request = 0.0
+        self._deferred_request = False  # a request inside the gap, still to be served
 
     @property
     def bitrate(self) -> int:
         return self._encoder.target_bitrate
 
     def request_keyframe(self) -> None:
+        """A viewer needs a keyframe (it joined, or lost packets). Requests closer than
+        KEYFRAME_REQUEST_GAP share one keyframe, but none is dropped: one that comes
+        within the gap of the last is served once the gap has passed."""
         now = time.monotonic()
         if now - self._last_request >= KEYFRAME_REQUEST_GAP or self._last_key_tick is None:
             self._want_key = True
             self._last_request = now
+        else:
+            self._deferred_request = True
 
     def plan_keyframe(self, tick: int, forced: bool) -> bool:
         """Decide (on the loop) whether the frame at `tick` is a keyframe."""
+        if self._deferred_request:
+            now = time.monotonic()
+            if now - self._last_request >= KEYFRAME_REQUEST_GAP:
+                self._deferred_request = False
+                self._want_key = True
+                self._last_request = now
         key = (
             forced
             or self._want_key

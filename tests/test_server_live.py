@@ -284,3 +284,27 @@ async def test_with_trained_weights_the_evaluator_reads_the_new_prompt_from_its_
             (before if i < frame else after).append(bg)
     assert before.count("ocean") >= 0.8 * len(before) and len(before) >= 12
     assert after.count("snow") >= 0.8 * len(after) and len(after) >= 12
+
+
+def test_keyframe_requests_inside_the_gap_share_one_keyframe_served_when_it_passes(
+    monkeypatch,
+):
+    """Viewer B asking 0.1 s after viewer A is not left waiting for the periodic keyframe
+    (2 s): its request is served once the 0.25 s gap has passed, and a burst of requests
+    inside the gap still gives one keyframe, not one per request."""
+    from server import fanout
+
+    clock = [100.0]
+    monkeypatch.setattr(fanout.time, "monotonic", lambda: clock[0])
+    enc = fanout.SharedEncoder("video/VP8", 500_000, keyframe_ticks=48, ticks_per_frame=3750)
+    assert enc.plan_keyframe(0, False)  # the first frame
+    assert not enc.plan_keyframe(1, False)
+    enc.request_keyframe()  # viewer A
+    assert enc.plan_keyframe(2, False)
+    clock[0] += 0.1
+    for _ in range(3):
+        enc.request_keyframe()  # viewer B, inside the gap, more than once
+    assert not enc.plan_keyframe(3, False)
+    clock[0] += 0.2  # 0.3 s after A's request
+    assert enc.plan_keyframe(4, False)
+    assert not enc.plan_keyframe(5, False)
