@@ -72,6 +72,7 @@ class Connection:
         self.prompt_limit = protocol.TokenBucket(config.prompt_rate, config.prompt_burst)
         self.message_limit = protocol.TokenBucket(config.message_rate, config.message_burst)
         self.closed = False
+        self._closing: asyncio.Task | None = None
         self.dropped_events = 0
 
     def send(self, msg: dict[str, Any], droppable: bool = False) -> None:
@@ -85,7 +86,10 @@ class Connection:
             return
         if q.full():
             self.closed = True
-            asyncio.ensure_future(self.ws.close(1013, "client does not read its events"))
+            # keep a reference: the loop holds tasks only weakly
+            self._closing = asyncio.ensure_future(
+                self.ws.close(1013, "client does not read its events")
+            )
             return
         q.put_nowait(msg)
 
@@ -379,6 +383,10 @@ class LiveServer:
         self._opening[stream_id] = (fut, prompt, seed)
         try:
             stream = await asyncio.wait_for(fut, 60.0)
+        except TimeoutError:
+            raise request_error(
+                "busy", "the model worker did not open the stream in 60 s"
+            ) from None
         finally:
             self._opening.pop(stream_id, None)
         if conn.closed:

@@ -80,6 +80,7 @@ class LiveStream:
         self._counted = {"stalls": 0, "dropped": 0}
         self._shown_since_stats = 0
         self._task: asyncio.Task | None = None
+        self._background: set[asyncio.Task] = set()  # fire-and-forget viewer removals
         self._switch: dict[str, Any] | None = None  # the latest prompt switch, being timed
 
     def start(self) -> None:
@@ -252,7 +253,9 @@ class LiveStream:
     def _check_connected(self, viewer_id: str) -> None:
         viewer = self.viewers.get(viewer_id)
         if viewer is not None and not viewer.connected:
-            asyncio.ensure_future(self.remove_viewer(viewer_id, "connect_timeout"))
+            task = asyncio.ensure_future(self.remove_viewer(viewer_id, "connect_timeout"))
+            self._background.add(task)  # the loop keeps only weak references to tasks
+            task.add_done_callback(self._background.discard)
 
     def _bind(self, track: FanoutTrack, mime: str) -> SharedEncoder:
         enc = self.encoders.get(mime)
@@ -364,7 +367,7 @@ class LiveStream:
             raise
         except Exception:
             log.exception("stream %s: playout failed", self.id)
-            self.server.end_stream(self, "internal_error")
+            self.server.end_stream(self, "failed")
 
     async def _emit(self, shown) -> None:
         p = self.playout
