@@ -411,6 +411,12 @@ class LiveServer:
         codec = field(msg, "codec", str, None)
         if codec is not None and codec not in CODECS:
             raise request_error("bad_message", f"unknown codec {codec!r}; known: vp8, h264", codec)
+        if len(conn.viewers) >= self.config.max_viewers_per_connection:
+            raise request_error(
+                "too_many_viewers",
+                f"this connection already has {len(conn.viewers)} viewers; the limit is "
+                f"{self.config.max_viewers_per_connection}",
+            )
         viewer_id, answer = await stream.add_viewer(conn, sdp, CODECS.get(codec))
         return {
             "type": "answer",

@@ -21,6 +21,7 @@ class ServerConfig:
     grace_seconds: float = 10.0  # a stream with no controller and no viewer ends after this
     max_streams: int = 8
     max_viewers_per_stream: int = 32
+    max_viewers_per_connection: int = 8  # so one client cannot take a stream's every slot
     max_message_bytes: int = 64 * 1024  # larger messages get a "too_big" error
     hard_message_bytes: int = 1024 * 1024  # larger ones close the connection (1009)
     max_prompt_chars: int = 500

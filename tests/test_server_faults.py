@@ -210,6 +210,22 @@ async def test_a_watch_still_being_answered_when_the_stream_ends_is_refused(
     assert server.metrics.registry.get_sample_value("endless_viewers") == 0
 
 
+async def test_one_connection_cannot_take_every_viewer_slot(live_server, session):
+    """Past max_viewers_per_connection a connection's watch gets "too_many_viewers", while
+    another connection can still watch the same stream."""
+    server, s, stream = await started(
+        live_server, session, max_viewers_per_connection=2, max_viewers_per_stream=4
+    )
+    for _ in range(2):
+        await s.watch(stream, keep_images=False)
+    with pytest.raises(ServerError) as info:
+        await s.watch(stream, keep_images=False)
+    assert info.value.code == "too_many_viewers" and "limit is 2" in info.value.message
+    other = await session(server.ws_url)
+    await (await other.watch(stream, keep_images=False)).wait_frames(2, timeout(15))
+    assert len(server.streams[stream].viewers) == 3
+
+
 async def test_stop_ends_the_stream_for_everyone(live_server, session):
     """ "stop" ends a stream: every attached client gets stream_ended; its id is then unknown."""
     server, s, stream = await started(live_server, session)
