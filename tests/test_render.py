@@ -95,6 +95,11 @@ def test_cli_reports_errors_and_renders_storyboards(tmp_path, capsys):
     args = ["render", "a red circle", "--model", "random:micro", *bad_interval]
     assert main([*args, "-o", str(tmp_path / "a.mp4")]) == 2
     assert "guidance interval" in capsys.readouterr().err
+    for bad, word in [("--steps", "0"), ("--steps", "-2"), ("--guidance", "nan")]:
+        args = ["render", "a red circle", "--model", "random:micro", bad, word, "--quiet"]
+        assert main([*args, "-o", str(tmp_path / "b.mp4")]) == 2
+        assert bad[2:] + " must be" in capsys.readouterr().err
+        assert not (tmp_path / "b.mp4").exists()  # refused before anything was written
     story = tmp_path / "s.json"
     story.write_text(
         json.dumps([{"at": 0, "prompt": "a red circle"}, {"at": 0.5, "prompt": "a cyan ring"}])

@@ -111,6 +111,8 @@ def test_parse_prompt_ignores_order_case_and_filler():
         canon
     )
     assert parse_prompt("a red circle dancing in the jungle").unknown == ("dancing", "jungle")
+    # digits and letters outside a-z are words too: reported whole, never dropped
+    assert parse_prompt("a red circle 3 times über the snow").unknown == ("3", "times", "über")
     with pytest.raises(UnknownWordsError) as err:
         next(render_timeline([(0, "a red circle dancing")], 1.0, size=32))
     assert err.value.words == ("dancing",)

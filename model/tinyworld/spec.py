@@ -102,7 +102,8 @@ class ParsedPrompt:
 
 
 def _words(text: str) -> list[str]:
-    return re.findall(r"[a-z]+", text.lower())
+    """Runs of letters or digits, any script: "über" and "3" are words (and unknown ones)."""
+    return re.findall(r"[^\W_]+", text.lower())
 
 
 def parse_prompt(text: str) -> ParsedPrompt:
