@@ -195,7 +195,10 @@ class LiveSession:
         await self.close()
 
     async def connect(self, timeout: float = 10.0) -> LiveSession:
-        self.ws = await websockets.connect(self.url, max_size=2**22, open_timeout=timeout)
+        try:
+            self.ws = await websockets.connect(self.url, max_size=2**22, open_timeout=timeout)
+        except (OSError, TimeoutError, websockets.exceptions.WebSocketException) as exc:
+            raise EndlessError(f"cannot connect to {self.url}: {exc}", value=self.url) from None
         self._reader = asyncio.ensure_future(self._read())
         self.hello = await self.wait_event(lambda e: e["type"] == "hello", timeout)
         return self

@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import json
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -45,10 +46,25 @@ def read_storyboard(path: Path) -> list[dict]:
     return items
 
 
+def _read_lines(loop: asyncio.AbstractEventLoop, lines: asyncio.Queue) -> None:
+    """stdin lines onto the queue ("" at the end). Runs in a daemon thread: a readline
+    blocked at exit must not hold the process (an executor thread would be joined)."""
+    try:
+        for line in sys.stdin:
+            loop.call_soon_threadsafe(lines.put_nowait, line)
+        loop.call_soon_threadsafe(lines.put_nowait, "")
+    except RuntimeError:  # the loop has closed: nobody is listening any more
+        return
+
+
 async def _typed_prompts(session, stream: str) -> None:
-    loop = asyncio.get_running_loop()
+    lines: asyncio.Queue[str] = asyncio.Queue()
+    reader = threading.Thread(
+        target=_read_lines, args=(asyncio.get_running_loop(), lines), daemon=True
+    )
+    reader.start()
     while True:
-        line = await loop.run_in_executor(None, sys.stdin.readline)
+        line = await lines.get()
         if not line:
             return
         if line.strip():

@@ -28,12 +28,7 @@ def parse_storyboard(items: object) -> list[tuple[float, str]]:
         if not isinstance(item, dict) or set(item) - {"at", "prompt"} or "prompt" not in item:
             raise StoryboardError(f'item {i} must be {{"at": seconds, "prompt": text}}', value=item)
         at = item.get("at", 0)
-        if (
-            isinstance(at, bool)
-            or not isinstance(at, int | float)
-            or not math.isfinite(at)
-            or at < 0
-        ):
+        if not is_seconds(at):
             raise StoryboardError(f"item {i}: 'at' must be a number of seconds >= 0", value=at)
         if not isinstance(item["prompt"], str):
             raise StoryboardError(f"item {i}: 'prompt' must be text", value=item["prompt"])
@@ -45,14 +40,24 @@ def parse_storyboard(items: object) -> list[tuple[float, str]]:
     return out
 
 
+def is_seconds(at: object) -> bool:
+    """A finite number >= 0 (not a bool; a JSON integer too large for a float is not)."""
+    if isinstance(at, bool) or not isinstance(at, int | float):
+        return False
+    try:
+        return math.isfinite(float(at)) and at >= 0
+    except OverflowError:
+        return False
+
+
 def load_storyboard(path: str | Path) -> list[tuple[float, str]]:
     try:
-        raw = json.loads(Path(path).read_text())
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
         raise StoryboardError(
             f"cannot read storyboard {path}: {exc.strerror}", value=str(path)
         ) from exc
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # not JSON, or not UTF-8 text at all (e.g. a video file)
         raise StoryboardError(
             f"storyboard {path} is not valid JSON: {exc}", value=str(path)
         ) from exc

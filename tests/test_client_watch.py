@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import os
+import pty
+import sys
 
 import av
+import pytest
+from conftest import timeout
 
 from client import watch
 
@@ -41,3 +47,48 @@ async def test_watch_records_an_h264_mp4_and_plays_a_storyboard(live_server, tmp
     assert len(frames) >= 48 and (frames[0].width, frames[0].height) == (128, 128)
     seconds = float(frames[-1].pts * stream.time_base)
     assert len(frames) / max(seconds, 1e-9) > 20
+
+
+async def test_watch_in_a_terminal_sends_typed_prompts_and_exits_on_time(live_server):
+    """With a terminal on stdin, each typed line is sent as a prompt, and the command ends
+    after --seconds even though nobody presses Enter again (the line reader must not be a
+    thread the interpreter waits for at exit)."""
+    server = await live_server()
+    main_fd, terminal = pty.openpty()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        "import sys; from server.cli import main; sys.exit(main())",
+        "watch",
+        server.ws_url,
+        "--seconds",
+        "4",
+        stdin=terminal,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    os.close(terminal)
+    try:
+        printed = b""
+        async with asyncio.timeout(timeout(30)):
+            while b"watching" not in printed:
+                printed += await proc.stdout.read(256) or b"EOF"
+                assert not printed.endswith(b"EOF"), printed
+            os.write(main_fd, b"a small blue square in the snow\n")
+            printed += await proc.stdout.read()
+            assert await proc.wait() == 0
+    finally:
+        os.close(main_fd)
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert b"prompt applied from frame" in printed and b"received" in printed, printed
+
+
+async def test_an_unreachable_or_malformed_server_url_is_a_clear_error():
+    from client.session import LiveSession
+    from model.errors import EndlessError
+
+    for url in ("ws://127.0.0.1:1/ws", "http://not-a-websocket-url"):
+        with pytest.raises(EndlessError, match="cannot connect to"):
+            await LiveSession(url).connect(timeout(5))

@@ -9,7 +9,7 @@ import torch
 
 from model.bundle import VideoModel
 from model.errors import RenderError, StoryboardError, UnknownWordsError
-from model.storyboard import chunk_at, parse_storyboard
+from model.storyboard import chunk_at, load_storyboard, parse_storyboard
 from server.cli import main
 from server.offline import render_video
 from server.video_file import read_frames
@@ -63,9 +63,17 @@ def test_storyboards_are_validated():
         [{"at": 0, "prompt": "a"}, {"at": 0, "prompt": "b"}],
         [{"at": float("nan"), "prompt": "x"}],
         [{"at": 0, "prompt": 3}],
+        json.loads('[{"at": 1%s, "prompt": "x"}]' % ("0" * 400)),  # an int no float holds
     ):
         with pytest.raises(StoryboardError):
             parse_storyboard(bad)
+
+
+def test_a_storyboard_file_that_is_not_text_is_refused_clearly(tmp_path):
+    video_given_by_mistake = tmp_path / "story.json"
+    video_given_by_mistake.write_bytes(b"\x00\x00\x00\x18ftypmp42\xff\xfe\x80")
+    with pytest.raises(StoryboardError, match="not valid JSON"):
+        load_storyboard(video_given_by_mistake)
 
 
 def test_render_rejects_bad_input(model, tmp_path):

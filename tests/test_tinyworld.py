@@ -250,9 +250,21 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
     with pytest.raises(UnknownWordsError):
         evaluate.evaluate_frames(frames, [(0.0, "a purple circle")])
     bad = tmp_path / "t.json"
-    bad.write_text('{"at": 0}')
-    with pytest.raises(StoryboardError):
-        evaluate.load_timeline(str(bad))
+    for text in (
+        '{"at": 0}',
+        '[{"at": -1, "prompt": "a red circle"}]',
+        '[{"at": 1%s, "prompt": "a red circle"}]' % ("0" * 400),
+        '[{"at": 0, "prompt": 7}]',
+    ):
+        bad.write_text(text)
+        with pytest.raises(StoryboardError):
+            evaluate.load_timeline(str(bad))
+    parser = argparse.ArgumentParser()
+    evaluate.add_arguments(parser)
+    bad.write_text('[{"at": 0, "prompt": "a red circle"}]')
+    nowhere = str(tmp_path / "no" / "such" / "dir" / "r.json")
+    with pytest.raises(EndlessError, match="cannot write the report"):
+        evaluate.run(parser.parse_args([str(tmp_path / "v.mp4"), str(bad), "--json", nowhere]))
     not_video = tmp_path / "v.mp4"
     not_video.write_text("not a video")
     with pytest.raises(EndlessError):

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -29,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from model.errors import EndlessError, StoryboardError
+from model.storyboard import is_seconds
 from model.tinyworld.render import (
     BOUNCE_SPEED,
     CIRCLE_RADIUS,
@@ -545,8 +547,10 @@ def load_timeline(path: str) -> list[tuple[float, str]]:
             raise StoryboardError(
                 'timeline entries are {"at": seconds, "prompt": text}', value=item
             )
-        if not isinstance(item["at"], int | float) or isinstance(item["at"], bool):
-            raise StoryboardError('"at" must be a number of seconds', value=item)
+        if not is_seconds(item["at"]):
+            raise StoryboardError('"at" must be a number of seconds >= 0', value=item)
+        if not isinstance(item["prompt"], str):
+            raise StoryboardError('"prompt" must be text', value=item)
         out.append((float(item["at"]), item["prompt"]))
     return out
 
@@ -575,6 +579,8 @@ def read_video(path: str) -> tuple[Iterable[np.ndarray], int]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.json and not os.access(os.path.dirname(os.path.abspath(args.json)), os.W_OK):
+        raise EndlessError(f"cannot write the report to {args.json}", value=args.json)
     timeline = load_timeline(args.timeline)
     frames, fps = read_video(args.video)
     report = evaluate_frames(frames, timeline, fps=fps, chunk_frames=args.chunk_frames)
