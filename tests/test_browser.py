@@ -112,3 +112,39 @@ async def test_a_second_page_joins_a_stream_from_its_url(live_server, page):
     assert len(server.streams) == 1
     (live,) = server.streams.values()
     assert len(live.viewers) == 2 and len(live.encoders) == 1
+
+
+async def test_a_page_opened_on_an_ended_stream_starts_a_new_one(live_server, page):
+    """A shared link to a stream that has ended does not leave the page stuck: it says so,
+    creates a new stream, plays it, and puts the new id in its address."""
+    server = await live_server()
+    await page.goto(server.url + "?stream=deadbeef")
+    ms = timeout(20) * 1000
+    await page.wait_for_function("document.getElementById('video').currentTime > 0.5", timeout=ms)
+    (live,) = server.streams.values()
+    assert await page.evaluate("window.endless.stream") == live.id
+    assert f"stream={live.id}" in page.url
+    assert "deadbeef has ended" in await page.inner_text("#message")
+
+
+async def test_the_page_reconnects_and_rejoins_its_stream_after_the_connection_drops(
+    live_server, page
+):
+    """When the websocket drops, the page reconnects by itself, rejoins the same stream and
+    watches it again with a new viewer; the video plays on."""
+    server = await live_server(grace_seconds=10)
+    await page.goto(server.url)
+    ms = timeout(20) * 1000
+    await page.wait_for_function("window.endless.viewer !== null", timeout=ms)
+    stream, viewer = await page.evaluate("[window.endless.stream, window.endless.viewer]")
+    for conn in list(server.connections):
+        await conn.ws.close()
+    await page.wait_for_function(
+        f"window.endless.viewer !== null && window.endless.viewer !== {viewer!r}", timeout=ms
+    )
+    t0 = (await page.evaluate(DECODED))["time"]
+    await page.wait_for_function(
+        f"document.getElementById('video').currentTime > {t0 + 0.5}", timeout=ms
+    )
+    assert await page.evaluate("window.endless.stream") == stream
+    assert list(server.streams) == [stream] and len(server.streams[stream].viewers) == 1

@@ -3,6 +3,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
+const MAX_ANCHORS = 256; // tick -> frame anchors kept (two per stall or pause; old ones go)
 
 // Everything the page knows, in one object (also read by the browser tests).
 const app = {
@@ -26,21 +27,46 @@ const app = {
   framesDecoded: 0,
   serverStats: null,
   paused: false,
+  reconnectMs: 500, // next reconnect delay: doubles up to 10 s, back to 500 ms once open
+  tracking: false, // the video frame callback loop is running
 };
 window.endless = app;
 
 // -- websocket -------------------------------------------------------------------------
+// A lost connection fails the requests waiting on it, drops the video, and reconnects with
+// backoff; the new hello runs start() again, which rejoins the stream in the page's URL.
 function connect() {
   const proto = location.protocol === "https:" ? "wss" : "ws";
-  app.ws = new WebSocket(`${proto}://${location.host}/ws`);
-  app.ws.onmessage = (ev) => onMessage(JSON.parse(ev.data));
-  app.ws.onclose = () => setStatus("disconnected", "down");
-  app.ws.onerror = () => setStatus("connection error", "down");
+  const ws = new WebSocket(`${proto}://${location.host}/ws`);
+  app.ws = ws;
+  ws.onopen = () => {
+    app.reconnectMs = 500;
+  };
+  ws.onmessage = (ev) => onMessage(JSON.parse(ev.data));
+  ws.onerror = () => setStatus("connection error", "down");
+  ws.onclose = () => {
+    if (app.ws !== ws) return;
+    failPending("the connection to the server was lost");
+    closeVideo();
+    setStatus(`disconnected · reconnecting in ${app.reconnectMs / 1000} s…`, "down");
+    setTimeout(connect, app.reconnectMs);
+    app.reconnectMs = Math.min(2 * app.reconnectMs, 10000);
+  };
+}
+
+function failPending(message) {
+  const waiting = [...app.replies.values()];
+  app.replies.clear();
+  waiting.forEach(({ reject }) => reject({ code: "disconnected", message }));
 }
 
 function request(msg) {
   const seq = ++app.seq;
   return new Promise((resolve, reject) => {
+    if (!app.ws || app.ws.readyState !== WebSocket.OPEN) {
+      reject({ code: "disconnected", message: "not connected to the server" });
+      return;
+    }
     app.replies.set(seq, { resolve, reject });
     app.ws.send(JSON.stringify({ ...msg, seq }));
   });
@@ -62,7 +88,7 @@ function onMessage(msg) {
     case "hello":
       app.hello = msg;
       showVocabulary(msg.vocabulary);
-      start().catch((err) => showError(err));
+      start().catch(startFailed);
       break;
     case "timeline":
       addAnchor(msg.tick, msg.frame, msg.held);
@@ -85,7 +111,16 @@ function onMessage(msg) {
       setPaused(msg.type === "paused");
       break;
     case "stream_ended":
+      if (msg.stream !== app.stream) break;
+      app.stream = null;
+      closeVideo();
       setStatus(`stream ended (${msg.reason})`, "down");
+      showMessage("This stream has ended. Reload the page to start a new one.", "error");
+      break;
+    case "viewer_closed":
+      if (msg.viewer !== app.viewer) break;
+      closeVideo();
+      if (app.stream) watch(app.stream).catch(startFailed); // e.g. connect_timeout
       break;
     case "error":
       app.errors.push(msg);
@@ -99,9 +134,17 @@ async function start() {
   const params = new URLSearchParams(location.search);
   let stream = params.get("stream");
   if (stream) {
-    const joined = await request({ type: "join", stream });
-    app.fps = joined.fps;
-  } else {
+    try {
+      const joined = await request({ type: "join", stream });
+      app.fps = joined.fps;
+      setPaused(Boolean(joined.paused));
+    } catch (err) {
+      if (err.code !== "unknown_stream") throw err;
+      showMessage(`Stream ${stream} has ended; starting a new one.`, "error");
+      stream = null;
+    }
+  }
+  if (!stream) {
     const prompt = params.get("prompt") || app.hello.default_prompt;
     const created = await request({ type: "create", prompt, seed: 0 });
     stream = created.stream;
@@ -113,6 +156,24 @@ async function start() {
   share.href = location.href;
   share.hidden = false;
   await watch(stream);
+}
+
+// Starting failed: say so; a busy server is asked again a little later.
+function startFailed(err) {
+  showError(err);
+  if (err && err.code === "disconnected") return; // the reconnect starts again
+  setStatus("not playing", "down");
+  if (err && err.code === "busy") setTimeout(() => start().catch(startFailed), 2000);
+}
+
+function closeVideo() {
+  if (app.pc) app.pc.close();
+  app.pc = null;
+  app.viewer = null;
+  app.firstTick = null;
+  app.firstRtp = null;
+  app.timeline = [];
+  app.pendingSwitch = null;
 }
 
 function gatheringComplete(pc, timeoutMs) {
@@ -127,6 +188,7 @@ function gatheringComplete(pc, timeoutMs) {
 }
 
 async function watch(stream) {
+  closeVideo();
   const pc = new RTCPeerConnection();
   app.pc = pc;
   pc.addTransceiver("video", { direction: "recvonly" });
@@ -137,13 +199,19 @@ async function watch(stream) {
     if (pc.connectionState === "connected") setStatus(`live · stream ${stream}`, "live");
     if (pc.connectionState === "failed") setStatus("video connection failed", "down");
   };
-  await pc.setLocalDescription(await pc.createOffer());
-  await gatheringComplete(pc, 1500);
-  setStatus("negotiating video…");
-  const answer = await request({ type: "watch", stream, sdp: pc.localDescription.sdp });
-  app.viewer = answer.viewer;
-  app.ticksPerFrame = answer.ticks_per_frame;
-  await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
+  try {
+    await pc.setLocalDescription(await pc.createOffer());
+    await gatheringComplete(pc, 1500);
+    setStatus("negotiating video…");
+    const answer = await request({ type: "watch", stream, sdp: pc.localDescription.sdp });
+    app.viewer = answer.viewer;
+    app.ticksPerFrame = answer.ticks_per_frame;
+    await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
+  } catch (err) {
+    pc.close();
+    if (app.pc === pc) app.pc = null;
+    throw err;
+  }
   trackFrames();
 }
 
@@ -152,6 +220,8 @@ function addAnchor(tick, frame, held) {
   if (!app.timeline.some(([t, f, h]) => t === tick && f === frame && h === held)) {
     app.timeline.push([tick, frame, held]);
     app.timeline.sort((a, b) => a[0] - b[0]);
+    const extra = app.timeline.length - MAX_ANCHORS;
+    if (extra > 0) app.timeline.splice(0, extra);
   }
 }
 
@@ -165,7 +235,8 @@ function frameAt(tick) {
 
 function trackFrames() {
   const video = $("video");
-  if (!video.requestVideoFrameCallback) return;
+  if (!video.requestVideoFrameCallback || app.tracking) return;
+  app.tracking = true;
   const onFrame = (now, meta) => {
     if (meta.rtpTimestamp !== undefined) {
       if (app.firstRtp === null) app.firstRtp = meta.rtpTimestamp;
@@ -191,8 +262,12 @@ function trackFrames() {
 }
 
 // -- prompts and storyboards -----------------------------------------------------------------
+function noStream() {
+  showMessage("No stream is playing (see the status above).", "error");
+}
+
 async function sendPrompt(text) {
-  if (!app.stream) return;
+  if (!app.stream) return noStream();
   const sent = performance.now();
   try {
     const reply = await request({ type: "prompt", stream: app.stream, text });
@@ -217,6 +292,7 @@ function addStoryboardRow(at = "", prompt = "") {
 }
 
 async function playStoryboard() {
+  if (!app.stream) return noStream();
   const rows = [...$("storyboard").querySelectorAll("tbody tr")];
   const items = rows
     .map((r) => ({
@@ -315,7 +391,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("add-item").onclick = () => addStoryboardRow();
   $("play-storyboard").onclick = playStoryboard;
   $("pause").onclick = async () => {
-    if (!app.stream) return;
+    if (!app.stream) return noStream();
     try {
       const reply = await request({ type: app.paused ? "resume" : "pause", stream: app.stream });
       setPaused(reply.type === "paused");
@@ -323,7 +399,9 @@ document.addEventListener("DOMContentLoaded", () => {
       showError(err);
     }
   };
-  $("stop").onclick = () => app.stream && request({ type: "stop", stream: app.stream });
+  $("stop").onclick = () => {
+    if (app.stream) request({ type: "stop", stream: app.stream }).catch(showError);
+  };
   addStoryboardRow(2, "a small cyan ring moving left in the night");
   addStoryboardRow(5, "a big yellow triangle standing still in the desert");
   setInterval(updateStats, 1000);
