@@ -20,6 +20,7 @@ import fractions
 import itertools
 import json
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -89,9 +90,16 @@ class Timeline:
 
 
 class Viewer:
-    """One WebRTC receiver of a stream."""
+    """One WebRTC receiver of a stream. `frames` keeps every decoded frame (with its image
+    if keep_images), or the last `history` of them for long watches; `received` counts all."""
 
-    def __init__(self, session: LiveSession, stream: str, keep_images: bool = True):
+    def __init__(
+        self,
+        session: LiveSession,
+        stream: str,
+        keep_images: bool = True,
+        history: int | None = None,
+    ):
         self.session = session
         self.stream = stream
         self.keep_images = keep_images
@@ -100,7 +108,10 @@ class Viewer:
         self.codec: str | None = None
         self.ticks_per_frame = 3750
         self.first_tick: int | None = None
-        self.frames: list[ReceivedFrame] = []
+        self.frames: list[ReceivedFrame] | deque[ReceivedFrame] = (
+            deque(maxlen=history) if history else []
+        )
+        self.received = 0
         self.on_frame: list[Callable[[av.VideoFrame], None]] = []
         self._new_frame = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -132,6 +143,7 @@ class Viewer:
                 frame = await track.recv()
                 image = frame.to_ndarray(format="rgb24") if self.keep_images else None
                 self.frames.append(ReceivedFrame(frame.pts, time.monotonic(), image))
+                self.received += 1
                 for callback in self.on_frame:
                     callback(frame)
                 self._new_frame.set()
@@ -151,10 +163,10 @@ class Viewer:
     async def wait_frames(self, n: int, timeout: float = 10.0) -> list[ReceivedFrame]:
         """Wait until `n` frames have been decoded."""
         async with asyncio.timeout(timeout):
-            while len(self.frames) < n:
+            while self.received < n:
                 self._new_frame.clear()
                 await self._new_frame.wait()
-        return self.frames
+        return list(self.frames)
 
     async def wait_index(self, index: int, timeout: float = 10.0) -> ReceivedFrame:
         """Wait for the first decoded frame showing generated frame `index` or later."""
@@ -176,11 +188,15 @@ class Viewer:
 
 
 class LiveSession:
-    def __init__(self, url: str):
+    def __init__(self, url: str, max_events: int | None = None):
         self.url = url
         self.ws = None
         self.hello: dict[str, Any] = {}
-        self.events: list[dict[str, Any]] = []
+        # pushed events; with max_events only the latest (wait_event indexes stay absolute)
+        self.events: list[dict[str, Any]] | deque[dict[str, Any]] = (
+            deque(maxlen=max_events) if max_events else []
+        )
+        self.event_count = 0
         self._event = asyncio.Event()
         self._replies: dict[object, asyncio.Future] = {}
         self._seq = itertools.count(1)
@@ -242,6 +258,7 @@ class LiveSession:
             return
         msg["received"] = time.monotonic()
         self.events.append(msg)
+        self.event_count += 1
         self._event.set()
 
     def timeline(self, stream: str) -> Timeline:
@@ -250,13 +267,16 @@ class LiveSession:
     async def wait_event(
         self, match: Callable[[dict], bool], timeout: float = 10.0, start: int = 0
     ) -> dict[str, Any]:
-        """The first pushed event (from index `start`) for which `match` is true."""
+        """The first pushed event (from index `start`, counting all events ever pushed)
+        for which `match` is true."""
         async with asyncio.timeout(timeout):
             i = start
             while True:
-                while i < len(self.events):
-                    if match(self.events[i]):
-                        return self.events[i]
+                dropped = self.event_count - len(self.events)
+                i = max(i, dropped)
+                while i < self.event_count:
+                    if match(self.events[i - dropped]):
+                        return self.events[i - dropped]
                     i += 1
                 self._event.clear()
                 await self._event.wait()
@@ -289,8 +309,14 @@ class LiveSession:
     async def join(self, stream: str) -> dict[str, Any]:
         return await self.request({"type": "join", "stream": stream})
 
-    async def watch(self, stream: str, codec: str | None = None, keep_images=True) -> Viewer:
-        return await Viewer(self, stream, keep_images).start(codec)
+    async def watch(
+        self,
+        stream: str,
+        codec: str | None = None,
+        keep_images: bool = True,
+        history: int | None = None,
+    ) -> Viewer:
+        return await Viewer(self, stream, keep_images, history).start(codec)
 
     async def prompt(self, stream: str, text: str) -> dict[str, Any]:
         return await self.request({"type": "prompt", "stream": stream, "text": text})

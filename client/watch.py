@@ -79,7 +79,8 @@ async def watch(args: argparse.Namespace) -> int:
     from client.session import LiveSession, Mp4Recorder  # aiortc: only when watching
 
     storyboard = read_storyboard(args.storyboard) if args.storyboard else None
-    async with LiveSession(args.url) as session:
+    # a watch may last hours: keep only recent events and frames (memory stays flat)
+    async with LiveSession(args.url, max_events=1000) as session:
         if args.stream:
             info = await session.join(args.stream)
             stream = args.stream
@@ -90,7 +91,7 @@ async def watch(args: argparse.Namespace) -> int:
             info = await session.create(args.prompt or DEFAULT_PROMPT, args.seed)
             stream = info["stream"]
             print(f"created stream {stream}")
-        viewer = await session.watch(stream, codec=args.codec, keep_images=False)
+        viewer = await session.watch(stream, codec=args.codec, keep_images=False, history=1)
         print(f"watching {stream} ({viewer.codec})")
         recorder = None
         if args.record:
@@ -113,7 +114,7 @@ async def watch(args: argparse.Namespace) -> int:
                 typed.cancel()
             if recorder is not None:
                 recorder.close()
-        n = len(viewer.frames)
+        n = viewer.received
         elapsed = time.monotonic() - t0
         print(f"received {n} frames in {elapsed:.1f}s ({n / max(elapsed, 1e-9):.1f} fps)")
         if recorder is not None:

@@ -92,3 +92,19 @@ async def test_an_unreachable_or_malformed_server_url_is_a_clear_error():
     for url in ("ws://127.0.0.1:1/ws", "http://not-a-websocket-url"):
         with pytest.raises(EndlessError, match="cannot connect to"):
             await LiveSession(url).connect(timeout(5))
+
+
+async def test_a_long_watch_keeps_bounded_events_and_frames(live_server):
+    """With max_events and history the client keeps only recent events and frames (a watch
+    may last hours) while counting all of them, and waiting on events still works."""
+    from client.session import LiveSession
+
+    server = await live_server(stats_seconds=0.05)
+    async with LiveSession(server.ws_url, max_events=5) as s:
+        stream = (await s.create("a big red circle bouncing over the ocean"))["stream"]
+        viewer = await s.watch(stream, keep_images=False, history=3)
+        frames = await viewer.wait_frames(30, timeout(20))
+        assert viewer.received >= 30 and len(frames) == len(viewer.frames) == 3
+        seen = s.event_count
+        later = await s.wait_event(lambda e: e["type"] == "stats", timeout(5), start=seen)
+        assert s.event_count > 5 >= len(s.events) and later in s.events
