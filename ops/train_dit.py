@@ -100,12 +100,13 @@ class LatentPool:
         self.latents: list[torch.Tensor] = []
         self.text_idx: list[torch.Tensor] = []
         self.objects: list[torch.Tensor] = []  # (F, h, w) bool: latent cells the object is in
+        self.far: list[bool] = []  # the first chunk is a sink from far earlier (a gap follows)
         while len(self.latents) < args.pool:
             self._add()
 
     @torch.no_grad()
-    def _encode(self) -> tuple[torch.Tensor, torch.Tensor]:
-        frames, captions, _ = sample_sequence(
+    def _encode(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+        frames, captions, far = sample_sequence(
             self.rng,
             self.n_chunks,
             self.chunk_frames,
@@ -118,39 +119,45 @@ class LatentPool:
         dev = vae.latent_std.device
         x = x.to(dev)
         with torch.autocast(dev.type, dtype=torch.bfloat16):
-            first, _, _ = vae.encode_moments(x[:, :, : self.chunk_frames])
-            rest, _, _ = vae.encode_moments(x[:, :, self.chunk_frames :])
-        z = torch.cat([first, rest], dim=2).float()[0]  # (z, F, h, w) unscaled
+            if far:  # the sink and the chunks after the gap are separate videos
+                first, _, _ = vae.encode_moments(x[:, :, : self.chunk_frames])
+                rest, _, _ = vae.encode_moments(x[:, :, self.chunk_frames :])
+                z = torch.cat([first, rest], dim=2)
+            else:  # one video: later chunks are encoded with the causal state carried on
+                z, _, _ = vae.encode_moments(x)
+        z = z.float()[0]  # (z, F, h, w) unscaled
         enc = self.model.text
         idx = torch.tensor([enc.indices(parse_prompt(c).attributes) for c in captions])
         obj = object_cells(x, self.model.config.vae.time_stride, z.shape[-1])
-        return z.cpu(), idx, obj.cpu()  # the pool lives in host memory
+        return z.cpu(), idx, obj.cpu(), far  # the pool lives in host memory
 
     def _add(self) -> None:
-        z, idx, obj = self._encode()
+        z, idx, obj, far = self._encode()
         self.latents.append(z)
         self.text_idx.append(idx)
         self.objects.append(obj)
+        self.far.append(far)
 
     def refresh(self, n: int) -> None:
         for _ in range(n):
             i = int(self.rng.integers(len(self.latents)))
-            self.latents[i], self.text_idx[i], self.objects[i] = self._encode()
+            self.latents[i], self.text_idx[i], self.objects[i], self.far[i] = self._encode()
 
     def batch(self, b: int):
         ids = self.rng.integers(len(self.latents), size=b)
         z = torch.stack([self.latents[i] for i in ids])
         idx = torch.stack([self.text_idx[i] for i in ids])
         obj = torch.stack([self.objects[i] for i in ids])
-        return z, idx, obj
+        far = torch.tensor([self.far[i] for i in ids])
+        return z, idx, obj, far
 
 
-def training_loss(model: VideoModel, z, idx, obj, args, rng) -> torch.Tensor:
+def training_loss(model: VideoModel, z, idx, obj, far, args, rng) -> torch.Tensor:
     """Flow-matching loss of the noisy copy under the block-causal teacher-forcing mask."""
     dit, vae = model.dit, model.vae
     cfg = model.config
     dev = vae.latent_std.device
-    z, idx, obj = z.to(dev), idx.to(dev), obj.to(dev)
+    z, idx, obj, far = z.to(dev), idx.to(dev), obj.to(dev), far.to(dev)
     b, _, n = z.shape[:3]
     chunk = cfg.stream.chunk_latent_frames
     n_chunks = n // chunk
@@ -160,16 +167,21 @@ def training_loss(model: VideoModel, z, idx, obj, args, rng) -> torch.Tensor:
     sigma = sigma.repeat_interleave(chunk, dim=1)  # (B, n)
     noise = torch.randn_like(z)
     x_noisy = noised(z, sigma, noise)
+    clean_idx, loss_chunks = recache_variant(idx, far, args.recache_prob)
+    prompt_tokens = per_frame_tokens(model, idx, chunk)  # what each chunk was made under
+    # prompt dropout (for CFG) empties the noisy copy's prompt alone: at inference the
+    # unconditional pass attends to a cache built under the real prompt
     drop = (torch.rand(b) < args.text_drop).to(dev)
-    idx = torch.where(drop[:, None, None], torch.zeros_like(idx), idx)
-    clean_idx, loss_chunks = recache_variant(idx, args.recache_prob)
-    tokens = per_frame_tokens(model, idx, chunk)
+    null_tokens = per_frame_tokens(model, torch.zeros_like(idx), chunk)  # trained too
+    tokens = torch.where(drop[:, None, None, None], null_tokens, prompt_tokens)
     if n_chunks == 1:  # a stream's first chunk alone: no context, so no clean copy
         with torch.autocast(dev.type, dtype=torch.bfloat16):
             v = dit(x_noisy, sigma, tokens, torch.arange(n, device=dev))
     else:
         clean_tokens = per_frame_tokens(model, clean_idx, chunk)
-        v = teacher_forced_velocity(dit, z, x_noisy, sigma, tokens, clean_tokens, chunk, args)
+        v = teacher_forced_velocity(
+            dit, z, x_noisy, sigma, tokens, clean_tokens, prompt_tokens, chunk, args
+        )
     target = noise - z
     cell_w = 1.0 + args.object_weight * obj.float()  # (B, n, h, w): the object matters most
     err = ((v.float() - target).pow(2).mean(dim=1) * cell_w).mean(dim=(2, 3))
@@ -177,7 +189,9 @@ def training_loss(model: VideoModel, z, idx, obj, args, rng) -> torch.Tensor:
     return (err * weight).sum() / weight.sum()
 
 
-def teacher_forced_velocity(dit, z, x_noisy, sigma, tokens, clean_tokens, chunk: int, args):
+def teacher_forced_velocity(
+    dit, z, x_noisy, sigma, tokens, clean_tokens, prompt_tokens, chunk: int, args
+):
     """The DiT's velocity for the noisy copy, each chunk seeing the clean chunks before it.
 
     The clean copy carries a small random noise level (diffusion forcing) or, for a share
@@ -190,7 +204,8 @@ def teacher_forced_velocity(dit, z, x_noisy, sigma, tokens, clean_tokens, chunk:
     layout = TeacherForcingLayout(n // chunk, chunk * dit.tokens_per_frame(h, w))
     own = (torch.rand(b) < args.own_context).to(z.device)
     if own.any():  # the extra forward pass only for the sequences that use it
-        x_ctx[own] = own_context(dit, z[own], tokens[own], positions, layout, chunk, args)
+        # the model's own chunks, each made under the prompt it was generated with
+        x_ctx[own] = own_context(dit, z[own], prompt_tokens[own], positions, layout, chunk, args)
         ctx_sigma[own] = 0.0
     x = torch.cat([x_ctx, x_noisy], dim=2)  # (B, z, 2n, h, w)
     s = torch.cat([ctx_sigma, sigma], dim=1)
@@ -229,9 +244,9 @@ def first_chunks(pool: LatentPool, b: int):
     its clean copy costs about a twelfth of a 4-chunk sequence (forward and backward on
     2 cores: 0.44 s for 24 first chunks, 1.42 s for 6 sequences), so these steps give
     that case many more examples for the same time."""
-    z, idx, obj = pool.batch(b)
+    z, idx, obj, _ = pool.batch(b)
     f = pool.chunk_latent
-    return z[:, :, :f], idx[:, :1], obj[:, :f]
+    return z[:, :, :f], idx[:, :1], obj[:, :f], torch.zeros(b, dtype=torch.bool)
 
 
 def noised(z: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -258,13 +273,20 @@ def per_frame_tokens(model: VideoModel, idx: torch.Tensor, chunk: int) -> torch.
     return tokens.repeat_interleave(chunk, dim=1)
 
 
-def recache_variant(idx: torch.Tensor, prob: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Teach the state LongLive's KV re-cache creates at inference.
+def recache_variant(
+    idx: torch.Tensor, far: torch.Tensor, prob: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teach the state LongLive's KV re-cache creates at inference, and only states that
+    inference makes.
 
     At a prompt switch the stream recomputes its context's keys/values under the new
     prompt. For a fraction `prob` of the sequences that contain a switch, the clean
     (context) copy is therefore conditioned on the final prompt, and only chunks of that
-    final prompt are trained (earlier ones would see a state inference never makes).
+    final prompt are trained; for the others the context keeps each chunk's own prompt
+    and only chunks before the first switch are trained (later ones would see context
+    under an older prompt, which a re-caching stream never shows). Chunk 1 of a far-sink
+    sequence (`far`: the sink comes from long before) is never trained: its only context
+    would be a sink with a gap after it, while at inference chunk 1 follows chunk 0.
     Returns (clean-copy indices, (B, chunks) bool mask of chunks that carry loss).
     """
     b, n_chunks, _ = idx.shape
@@ -274,7 +296,13 @@ def recache_variant(idx: torch.Tensor, prob: float) -> tuple[torch.Tensor, torch
     start = last_diff + 1  # first chunk of the final prompt
     use = (start > 0) & (torch.rand(b, device=idx.device) < prob)
     clean = torch.where(use[:, None, None], idx[:, -1:].expand_as(idx), idx)
-    loss_chunks = torch.where(use[:, None], order >= start[:, None], torch.ones_like(order).bool())
+    # without the re-cache only chunks before the first switch match inference (after a
+    # switch inference always re-caches, so no context is under an older prompt)
+    same_as_first = (idx == idx[:, :1]).all(-1)
+    first_switch = torch.where(same_as_first, torch.full_like(order, n_chunks), order).amin(1)
+    loss_chunks = torch.where(use[:, None], order >= start[:, None], order < first_switch[:, None])
+    if n_chunks > 1:
+        loss_chunks[:, 1] &= ~far
     return clean, loss_chunks
 
 
@@ -385,10 +413,10 @@ def main() -> None:
     while time.time() < t_end:
         pool.refresh(args.refresh)
         if args.first_chunk_every and step % args.first_chunk_every == 0:
-            z, idx, obj = first_chunks(pool, args.first_chunk_batch)
+            z, idx, obj, far = first_chunks(pool, args.first_chunk_batch)
         else:
-            z, idx, obj = pool.batch(args.batch)
-        loss = training_loss(model, z, idx, obj, args, rng)
+            z, idx, obj, far = pool.batch(args.batch)
+        loss = training_loss(model, z, idx, obj, far, args, rng)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
