@@ -12,8 +12,9 @@ Training matches inference (memory/stream.py) exactly:
   * prompts switch at chunk boundaries (the renderer keeps the object's position), with
     captions that leave attributes out, so the model learns to change what is asked and
     keep the rest; half the switch sequences condition the context on the new prompt, the
-    state LongLive's KV re-cache makes (see recache_variant); 10% of sequences drop the
-    prompt (classifier-free guidance);
+    state LongLive's KV re-cache makes, and every sequence trains only the chunks whose
+    state inference makes (see recache_variant); 10% of sequences drop the noisy copy's
+    prompt (classifier-free guidance; the context keeps its prompt, as the cache does);
   * the clean context carries a small random noise level (diffusion forcing), told to the
     model through its per-frame time embedding, for robustness to its own outputs;
   * with --own-context, a share of sequences show the model's own one-step estimate of
