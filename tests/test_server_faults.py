@@ -110,7 +110,7 @@ async def test_a_message_flood_is_refused_with_errors_that_echo_seq(live_server,
 
 async def test_a_prompt_flood_is_rate_limited_per_connection(live_server, session):
     """Prompts past the per-connection burst get "rate_limited"; another client is unaffected."""
-    server, s, stream = await started(live_server, session, prompt_rate=2.0, prompt_burst=4)
+    server, s, stream = await started(live_server, session, prompt_rate=0.001, prompt_burst=4)
     replies = await asyncio.gather(
         *(s.prompt(stream, f"a {c} circle") for c in ["red", "blue", "green", "cyan"] * 5),
         return_exceptions=True,
@@ -192,8 +192,11 @@ async def test_a_watch_still_being_answered_when_the_stream_ends_is_refused(
     live = server.streams[stream]
     answer_offer = RTCPeerConnection.setRemoteDescription
 
+    answering = asyncio.Event()
+
     async def answer_after_the_end(pc, description):
         if description.type == "offer":  # the server's side: hold it until the stop
+            answering.set()
             while not live.ended:
                 await asyncio.sleep(0.01)
         return await answer_offer(pc, description)
@@ -201,7 +204,7 @@ async def test_a_watch_still_being_answered_when_the_stream_ends_is_refused(
     monkeypatch.setattr(RTCPeerConnection, "setRemoteDescription", answer_after_the_end)
     watcher = await session(server.ws_url)
     watch = asyncio.ensure_future(watcher.watch(stream))
-    await asyncio.sleep(0.1)
+    await asyncio.wait_for(answering.wait(), timeout(10))  # the server is mid-answer
     await s.stop(stream)
     with pytest.raises(ServerError) as info:
         await asyncio.wait_for(watch, timeout(10))

@@ -10,6 +10,7 @@ import pytest
 import torch
 from aiortc.codecs import h264, vpx
 from conftest import timeout
+from prometheus_client.parser import text_string_to_metric_families
 
 from memory.stream import Stream
 from model.bundle import VideoModel
@@ -214,18 +215,15 @@ async def test_two_servers_in_one_process_serve_their_own_metrics_health_and_pag
     await s.create(A)
     status, kind, body = await asyncio.to_thread(_get, a.url + "metrics")
     assert status == 200 and kind.startswith("text/plain")
-    text = body.decode()
-    assert "endless_streams 1.0" in text
-    for name in (
-        "endless_chunk_seconds_bucket",
-        "endless_realtime_factor",
-        "endless_queue_depth",
-        "endless_cache_bytes",
-        "endless_stalls_total",
-    ):
-        assert name in text
+    families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+    assert families["endless_streams"].samples[0].value == 1
+    assert families["endless_chunk_seconds"].type == "histogram"
+    for name in ("endless_realtime_factor", "endless_queue_depth", "endless_cache_bytes"):
+        assert families[name].type == "gauge", name
+    assert families["endless_stalls"].type == "counter"
     _, _, other = await asyncio.to_thread(_get, b.url + "metrics")
-    assert "endless_streams 0.0" in other.decode()
+    others = {f.name: f for f in text_string_to_metric_families(other.decode())}
+    assert others["endless_streams"].samples[0].value == 0
     assert (await asyncio.to_thread(_get, a.url + "healthz"))[0] == 200
     status, kind, page = await asyncio.to_thread(_get, a.url)
     assert status == 200 and kind.startswith("text/html") and b"<video" in page
