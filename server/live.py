@@ -199,8 +199,8 @@ class LiveStream:
 
     # -- viewers -----------------------------------------------------------------------------
     async def add_viewer(self, conn: Connection, sdp: str, codec: str | None) -> tuple[str, str]:
-        if len(self.viewers) >= self.config.max_viewers_per_stream:
-            raise request_error("too_many_viewers", f"stream {self.id} has its viewer limit")
+        if (refusal := self._no_room()) is not None:
+            raise refusal
         viewer_id = secrets.token_hex(4)
         track = FanoutTrack(
             self._bind,
@@ -223,12 +223,7 @@ class LiveStream:
             await pc.close()
             raise request_error("bad_sdp", f"cannot answer this offer: {exc}") from None
         # the answer took awaits: the stream may have ended, or other watches filled it
-        refusal = None
-        if self.ended:
-            refusal = request_error("unknown_stream", f"stream {self.id} has ended", self.id)
-        elif len(self.viewers) >= self.config.max_viewers_per_stream:
-            refusal = request_error("too_many_viewers", f"stream {self.id} has its viewer limit")
-        if refusal is not None:
+        if (refusal := self._no_room()) is not None:
             track.stop()
             await pc.close()
             raise refusal
@@ -249,6 +244,14 @@ class LiveStream:
             self.config.connect_timeout, self._check_connected, viewer_id
         )
         return viewer_id, pc.localDescription.sdp
+
+    def _no_room(self):
+        """Why a new viewer cannot be added now (an error to raise), or None."""
+        if self.ended:
+            return request_error("unknown_stream", f"stream {self.id} has ended", self.id)
+        if len(self.viewers) >= self.config.max_viewers_per_stream:
+            return request_error("too_many_viewers", f"stream {self.id} has its viewer limit")
+        return None
 
     def _check_connected(self, viewer_id: str) -> None:
         viewer = self.viewers.get(viewer_id)
