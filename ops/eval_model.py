@@ -5,8 +5,9 @@
 
 Prompt set: `--prompts` full prompts, half of them on held-out (colour, shape, background)
 triples. Each becomes a clip of `--seconds` with a switch halfway to a prompt that changes
-1-3 attributes. Long horizon: one `--long`-minute stream cycling three prompts every 20 s;
-adherence of its first and last minute and their mean brightness are compared.
+1-3 attributes. Long horizon: one `--long`-minute stream cycling three prompts every 20 s,
+scored minute by minute (adherence per attribute, mean brightness); the first and last
+minute are compared (the last one may be partial when `--long` is not whole).
 """
 
 from __future__ import annotations
@@ -87,32 +88,20 @@ def long_horizon(model, args) -> dict:
     prompts = evaluation_prompts(3, args.seed + 100)
     seconds = args.long * 60
     timeline = [(t, prompts[(t // 20) % 3]) for t in range(0, int(seconds), 20)]
-    minute = 24 * 60
-    first, last = [], []
-    total = int(seconds * 24)
-
-    def tee():
-        frames = follow_timeline(
-            model, timeline, seconds, seed=args.seed, steps=args.steps, guidance=args.guidance
-        )
-        for i, f in enumerate(frames):
-            if i < minute:
-                first.append(f)
-            elif i >= total - minute:
-                last.append(f)
-            yield f
-
-    whole = evaluate_frames(tee(), timeline, fps=24, chunk_frames=12)
-    start_last = (total - minute) / 24
-    tl_last = [(max(0.0, t - start_last), p) for t, p in timeline if t + 20 > start_last]
-    r_first = evaluate_frames(first, [x for x in timeline if x[0] < 60], fps=24)
-    r_last = evaluate_frames(last, tl_last, fps=24)
+    frames = follow_timeline(
+        model, timeline, seconds, seed=args.seed, steps=args.steps, guidance=args.guidance
+    )
+    whole = evaluate_frames(frames, timeline, fps=24, chunk_frames=12)
+    per_minute = whole.adherence_per_minute
     b = whole.brightness_per_minute
     return {
         "minutes": args.long,
-        "adherence_first_minute": r_first.adherence.get("all"),
-        "adherence_last_minute": r_last.adherence.get("all"),
+        "adherence_first_minute": per_minute[0]["all"],
+        "adherence_last_minute": per_minute[-1]["all"],
         "adherence_whole": whole.adherence.get("all"),
+        "first_minute": per_minute[0],
+        "last_minute": per_minute[-1],
+        "all_per_minute": [m["all"] for m in per_minute],
         "brightness_per_minute": b,
         "brightness_drift": abs(b[-1] - b[0]) / max(b[0], 1e-9) if len(b) > 1 else None,
     }

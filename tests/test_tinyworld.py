@@ -223,6 +223,23 @@ def test_wrong_prompt_scores_low():
     assert both["shape"] == {"ring": {"circle": chunks}, "square": {"circle": chunks}}
 
 
+def test_adherence_is_scored_minute_by_minute():
+    """A stream that stops following its prompt after a minute scores 100% then 0%."""
+    said = "a big red circle bouncing over the ocean"
+    other = "a small green square moving up in the desert"
+
+    def frames():
+        yield from render_clip(said, 60.0, size=64, seed=1)
+        yield from render_clip(other, 30.0, size=64, seed=1)
+
+    drifted = evaluate.evaluate_frames(frames(), [(0.0, said)])
+    assert [m["all"] for m in drifted.adherence_per_minute] == [1.0, 0.0]
+    assert drifted.adherence_per_minute[1]["colour"] == 0.0
+    assert "adherence per minute: 100.0%, 0.0%" in drifted.summary()
+    followed = evaluate.evaluate_frames(frames(), [(0.0, said), (60.0, other)])
+    assert [m["all"] for m in followed.adherence_per_minute] == [1.0, 1.0]
+
+
 def test_mp4_round_trip_through_cli(tmp_path, capsys):
     """An H.264 yuv420p MP4 decoded back still scores >= 95% via `endless evaluate`."""
     prompts = captions.evaluation_prompts(14, seed=9)

@@ -330,6 +330,7 @@ class Report:
     chunks_seen: int
     switches: list[SwitchResult] = field(default_factory=list)
     brightness_per_minute: list[float] = field(default_factory=list)
+    adherence_per_minute: list[dict[str, float | None]] = field(default_factory=list)
     confusion: Confusion = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -355,6 +356,9 @@ class Report:
         if self.brightness_per_minute:
             b = ", ".join(f"{v:.1f}" for v in self.brightness_per_minute)
             lines.append(f"brightness per minute: {b}")
+        if len(self.adherence_per_minute) > 1:
+            a = ", ".join(pct(m["all"]).strip() for m in self.adherence_per_minute)
+            lines.append(f"all-attribute adherence per minute: {a}")
         return "\n".join(lines)
 
 
@@ -466,7 +470,9 @@ def evaluate_frames(
         _read_chunk(reads[k * c : (k + 1) * c], np.arange(k * c, (k + 1) * c) / fps)
         for k in range(n // c)
     ]
+    per_minute = 60 * fps
     total, held, seen = _Tally(), _Tally(), _Tally()
+    minute_tallies = [_Tally() for _ in range(-(-n // per_minute))]
     confusion: Confusion = {}
     for seg in segments:
         asked = seg.asked
@@ -479,6 +485,7 @@ def evaluate_frames(
                 _count_reading(confusion, attr, getattr(asked, attr), read)
             if match:
                 total.add(match)
+                minute_tallies[k * c // per_minute].add(match)
                 if split is not None:
                     split.add(match)
     switches = [
@@ -486,7 +493,6 @@ def evaluate_frames(
         for prev, seg in zip(segments, segments[1:], strict=False)
         if seg.start < n
     ]
-    per_minute = 60 * fps
     minutes = [float(np.mean(brightness[i : i + per_minute])) for i in range(0, n, per_minute)]
     return Report(
         frames=n,
@@ -500,6 +506,7 @@ def evaluate_frames(
         chunks_seen=seen.n["all"],
         switches=switches,
         brightness_per_minute=minutes,
+        adherence_per_minute=[t.rates() for t in minute_tallies],
         confusion=confusion,
     )
 
