@@ -11,7 +11,6 @@ the denoise stage of several streams into one forward pass:
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -21,8 +20,9 @@ import torch
 from memory.cache import CacheLayout, ContextCache
 from memory.policy import CachePolicy, SinkRollingWindow
 from model.bundle import VideoModel
+from model.config import check_sampling
 from model.dit import AttnContext, block_causal_mask
-from model.errors import ConfigError, EndlessError
+from model.errors import EndlessError
 from model.sampler import FlowSampler
 from model.storyboard import chunk_at
 from model.text import EncodedPrompt
@@ -49,20 +49,6 @@ def chunk_noise(seed: int, chunk: int, shape, dtype) -> torch.Tensor:
     """Noise of a chunk depends on (seed, chunk) only: rewinds regenerate identically."""
     g = torch.Generator().manual_seed((seed * 1_000_003 + chunk * 7919) % (2**63))
     return torch.randn(shape, generator=g).to(dtype)
-
-
-def check_sampling(steps: object, guidance: object) -> None:
-    """Raise ConfigError unless steps is a whole number in [1, 1000] and guidance a finite
-    number >= 0 (0 steps would decode pure noise; a NaN scale, NaN frames)."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 1000:
-        raise ConfigError(f"steps must be a whole number from 1 to 1000, got {steps!r}", steps)
-    if (
-        isinstance(guidance, bool)
-        or not isinstance(guidance, (int, float))
-        or not math.isfinite(guidance)
-        or guidance < 0
-    ):
-        raise ConfigError(f"guidance must be a finite number >= 0, got {guidance!r}", guidance)
 
 
 class Stream:

@@ -7,6 +7,7 @@ the safetensors metadata) together with FORMAT_VERSION, so a file always says wh
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 
 from model.errors import ConfigError
@@ -54,6 +55,20 @@ class TextConfig:
     dim: int = 64
 
 
+def check_sampling(steps: object, guidance: object) -> None:
+    """Raise ConfigError unless steps is a whole number in [1, 1000] and guidance a finite
+    number >= 0 (0 steps would decode pure noise; a NaN scale, NaN frames)."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 1000:
+        raise ConfigError(f"steps must be a whole number from 1 to 1000, got {steps!r}", steps)
+    if (
+        isinstance(guidance, bool)
+        or not isinstance(guidance, (int, float))
+        or not math.isfinite(guidance)
+        or guidance < 0
+    ):
+        raise ConfigError(f"guidance must be a finite number >= 0, got {guidance!r}", guidance)
+
+
 @dataclass(frozen=True)
 class SamplerConfig:
     steps: int = 4  # flow-matching Euler steps per chunk
@@ -66,6 +81,7 @@ class SamplerConfig:
     context_noise: float = 0.0  # noise level (sigma) at which finished chunks are cached
 
     def __post_init__(self):
+        check_sampling(self.steps, self.guidance)
         lo, hi = self.guidance_interval
         if not 0.0 <= lo <= hi <= 1.0:
             raise ConfigError(

@@ -121,6 +121,7 @@ async def concurrent(url: str, n: int, seconds: float) -> dict:
 async def main(args: argparse.Namespace) -> dict:
     server = None
     url = args.url
+    sampling = None  # the in-process server's sampler settings
     if url is None:
         import torch
 
@@ -129,12 +130,24 @@ async def main(args: argparse.Namespace) -> dict:
 
         torch.set_num_threads(1)
         model = load_model(args.model)
-        server = await LiveServer(ServerConfig(grace_seconds=1.0, codec=args.codec), model).start()
+        config = ServerConfig(
+            grace_seconds=1.0,
+            codec=args.codec,
+            steps=args.steps,
+            guidance=args.guidance,
+            guidance_interval=tuple(args.guidance_interval) if args.guidance_interval else None,
+        )
+        server = await LiveServer(config, model).start()
         url = server.ws_url
+        sampler = server.model.config.sampler
+        sampling = {"steps": sampler.steps, "guidance": sampler.guidance}
+        sampling["guidance_interval"] = list(sampler.guidance_interval)
+        print(f"in-process server, sampling {sampling}")
     rng = random.Random(0)
     results: dict = {
         "url": url,
         "model": args.model if server else "remote",
+        "sampling": sampling,
         "loadavg_before": os.getloadavg(),
     }
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
@@ -179,6 +192,8 @@ async def main(args: argparse.Namespace) -> dict:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from model.sampler import add_guidance_interval_option
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--url", help="benchmark a running server (default: start one in-process)")
     p.add_argument("--model", default="tiny", help="tiny | random | checkpoint path")
@@ -193,6 +208,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="concurrent stream counts to measure jitter and stalls at",
     )
     p.add_argument("--seconds", type=float, default=10.0, help="seconds per concurrency level")
+    p.add_argument("--steps", type=int, help="in-process server: denoising steps per chunk")
+    p.add_argument("--guidance", type=float, help="in-process server: guidance scale")
+    add_guidance_interval_option(p)
     p.add_argument("--json", type=Path, help="also write the figures here")
     return p.parse_args(argv)
 

@@ -126,6 +126,7 @@ class LiveServer:
         self._loop = loop = asyncio.get_running_loop()
         if self.model is None:
             self.model = await loop.run_in_executor(None, load_model, cfg.model)
+        self.model.with_sampler(**cfg.sampler_changes())
         rewind = self.model.config.stream.rewind_chunks
         if cfg.ahead_chunks + 1 > rewind:
             raise request_error("bad_config", f"ahead_chunks must be below {rewind}")
@@ -320,6 +321,11 @@ class LiveServer:
             "codecs": list(CODECS),
             "codec": cfg.codec,
             "default_prompt": DEFAULT_PROMPT,
+            "sampling": {
+                "steps": mc.sampler.steps,
+                "guidance": mc.sampler.guidance,
+                "guidance_interval": list(mc.sampler.guidance_interval),
+            },
             "vocabulary": {k: list(v) for k, v in VOCAB.items()},
             "filler": sorted(FILLER),
             "limits": {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from model.config import SamplerConfig
 from model.errors import ConfigError
 
 CODECS = {"vp8": "video/VP8", "h264": "video/H264"}
@@ -36,6 +37,10 @@ class ServerConfig:
     stats_seconds: float = 1.0  # how often stats events are pushed
     torch_threads: int = 1  # intra-op threads of the one model worker
     connect_timeout: float = 20.0  # a viewer that has not connected by then is dropped
+    # Sampling of every stream; None keeps the model's own (its checkpoint's) setting.
+    steps: int | None = None  # denoising steps per chunk
+    guidance: float | None = None  # classifier-free guidance scale (1: off)
+    guidance_interval: tuple[float, float] | None = None  # noise levels that get guidance
 
     def __post_init__(self) -> None:
         if self.codec not in CODECS:
@@ -46,6 +51,12 @@ class ServerConfig:
             raise ConfigError("bitrate and keyframe_seconds must be positive")
         if self.torch_threads < 1:
             raise ConfigError("torch_threads must be at least 1", value=self.torch_threads)
+        SamplerConfig(**self.sampler_changes())  # ConfigError for bad steps/guidance/interval
+
+    def sampler_changes(self) -> dict:
+        """The sampler settings this config overrides (for `VideoModel.with_sampler`)."""
+        names = ("steps", "guidance", "guidance_interval")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
     @property
     def codec_mime(self) -> str:

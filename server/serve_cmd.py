@@ -9,6 +9,7 @@ import signal
 
 import uvloop
 
+from model.sampler import add_guidance_interval_option
 from server.config import CODECS, ServerConfig
 
 
@@ -59,6 +60,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=d.torch_threads,
         help="torch threads of the model worker (default %(default)s)",
     )
+    p.add_argument(
+        "--steps", type=int, help="denoising steps per chunk (default: the model's, 4 for tiny)"
+    )
+    p.add_argument(
+        "--guidance",
+        type=float,
+        help="classifier-free guidance scale for every stream (default: the model's, 1 = off); "
+        "more prompt adherence for more compute per chunk",
+    )
+    add_guidance_interval_option(p)
     p.add_argument("--log-level", default="INFO")
 
 
@@ -74,6 +85,9 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         max_streams=args.max_streams,
         grace_seconds=args.grace,
         torch_threads=args.threads,
+        steps=args.steps,
+        guidance=args.guidance,
+        guidance_interval=tuple(args.guidance_interval) if args.guidance_interval else None,
     )
 
 

@@ -41,3 +41,19 @@ def test_serve_prints_its_url_is_healthy_and_stops_cleanly_on_sigint():
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_serve_refuses_bad_sampling_settings_with_a_clear_error():
+    """A reversed guidance interval or zero steps: exit 2 and say why, before loading."""
+    for args, said in (
+        (["--guidance-interval", "0.9", "0.1"], "guidance interval"),
+        (["--steps", "0"], "steps must be"),
+        (["--guidance", "nan"], "guidance must be"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "server.cli", "serve", "--port", "0", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout(60),
+        )
+        assert done.returncode == 2 and said in done.stderr, done.stderr

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from aiortc.codecs import h264, vpx
-from conftest import timeout
+from conftest import prompt_sensitive, timeout
 from prometheus_client.parser import text_string_to_metric_families
 
 from memory.stream import Stream
@@ -79,6 +79,36 @@ async def test_prompt_switch_is_acknowledged_with_its_frame_and_visible(
             margins.append(mse(f.image, old[i]) - mse(f.image, new[i]))
             separation.append(mse(old[i], new[i]))
     assert len(margins) >= 20
+    assert np.mean(margins) > 0.3 * np.mean(separation)
+    assert np.mean(np.array(margins) > 0) >= 0.9
+
+
+async def test_server_sampling_settings_reach_hello_and_every_stream(
+    live_server, session, tiny_model
+):
+    """Steps, guidance and its interval set on the server (`endless serve --steps 2
+    --guidance 4 --guidance-interval 0.5 1`) are announced in hello, and a stream's
+    frames are the guided ones: nearer them than the model's default sampling."""
+    guided = prompt_sensitive(VideoModel.from_seed(0, "tiny"))
+    settings = {"steps": 2, "guidance": 4.0, "guidance_interval": (0.5, 1.0)}
+    server = await live_server(model=guided, bitrate=1_500_000, **settings)
+    s = await session(server.ws_url)
+    assert s.hello["sampling"] == {"steps": 2, "guidance": 4.0, "guidance_interval": [0.5, 1.0]}
+    viewer = await s.watch((await s.create(A))["stream"])
+    await viewer.wait_index(36, timeout(20))
+
+    def offline(model):
+        stream = Stream(model, A, seed=0)
+        return np.concatenate([stream.next_chunk() for _ in range(4)])
+
+    want, default = offline(guided), offline(tiny_model)
+    margins, separation = [], []
+    for f in viewer.frames:
+        i = viewer.index_of(f)
+        if i is not None and i < len(want):
+            margins.append(mse(f.image, default[i]) - mse(f.image, want[i]))
+            separation.append(mse(default[i], want[i]))
+    assert len(margins) >= 24
     assert np.mean(margins) > 0.3 * np.mean(separation)
     assert np.mean(np.array(margins) > 0) >= 0.9
 
