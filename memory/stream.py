@@ -203,7 +203,19 @@ class Stream:
             text = torch.cat([texts[c] for c in conds])
             return dit(x, s, text, positions, ctx=plan.context)
 
-        return self.sampler.sample(plan.noise, velocity, self.steps, self.guidance)
+        return self.sampler.sample(plan.noise, velocity, self.steps, self.guidance_at(plan.chunk))
+
+    def guidance_at(self, chunk: int) -> float:
+        """The guidance scale of `chunk`: the stream's, or 1 (off) once the sampler's
+        `guidance_chunks` chunks have passed since the prompt in force began."""
+        n = self.sampler.cfg.guidance_chunks
+        if n and chunk - self._prompt_start(chunk) >= n:
+            return 1.0
+        return self.guidance
+
+    def _prompt_start(self, chunk: int) -> int:
+        """The chunk where the prompt in force at `chunk` began (a start or a switch)."""
+        return max(c for c, _ in self._timeline if c <= chunk)
 
     @torch.no_grad()
     def commit(self, plan: ChunkPlan, latents: torch.Tensor) -> np.ndarray:

@@ -78,10 +78,17 @@ class SamplerConfig:
     # Guidance in a limited interval (Kynkaanniemi et al., NeurIPS 2024) keeps its effect on
     # layout at high noise, avoids oversaturating details at low noise, and costs less.
     guidance_interval: tuple[float, float] = (0.0, 1.0)
+    # CFG only on the first N chunks after the stream starts or its prompt changes (0: on
+    # every chunk). Guidance matters most while the context does not yet show the prompt;
+    # after that the context carries it, and unguided chunks cost half as much.
+    guidance_chunks: int = 0
     context_noise: float = 0.0  # noise level (sigma) at which finished chunks are cached
 
     def __post_init__(self):
         check_sampling(self.steps, self.guidance)
+        n = self.guidance_chunks
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ConfigError(f"guidance_chunks must be a whole number >= 0, got {n!r}", n)
         lo, hi = self.guidance_interval
         if not 0.0 <= lo <= hi <= 1.0:
             raise ConfigError(

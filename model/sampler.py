@@ -59,8 +59,9 @@ class FlowSampler:
         return x
 
 
-def add_guidance_interval_option(parser: argparse.ArgumentParser) -> None:
-    """`--guidance-interval LO HI` for the command-line tools (see `use_guidance_interval`)."""
+def add_guidance_options(parser: argparse.ArgumentParser) -> None:
+    """`--guidance-interval LO HI` and `--guidance-chunks N` for the command-line tools
+    (see `use_guidance_options`); `--guidance` itself each tool defines."""
     parser.add_argument(
         "--guidance-interval",
         type=float,
@@ -68,9 +69,25 @@ def add_guidance_interval_option(parser: argparse.ArgumentParser) -> None:
         metavar=("LO", "HI"),
         help="apply guidance only at noise levels in [LO, HI] (default: the model's)",
     )
+    parser.add_argument(
+        "--guidance-chunks",
+        type=int,
+        metavar="N",
+        help="apply guidance only to the first N chunks after the start and each prompt "
+        "change (0: every chunk; default: the model's)",
+    )
 
 
-def use_guidance_interval(model, args: argparse.Namespace) -> None:
-    """Make the model's later streams use the interval given on the command line, if any."""
+def guidance_changes(args: argparse.Namespace) -> dict:
+    """The sampler settings given by `add_guidance_options`' flags."""
+    changes = {}
     if args.guidance_interval:
-        model.with_sampler(guidance_interval=tuple(args.guidance_interval))
+        changes["guidance_interval"] = tuple(args.guidance_interval)
+    if args.guidance_chunks is not None:
+        changes["guidance_chunks"] = args.guidance_chunks
+    return changes
+
+
+def use_guidance_options(model, args: argparse.Namespace) -> None:
+    """Make the model's later streams use the guidance settings given on the command line."""
+    model.with_sampler(**guidance_changes(args))

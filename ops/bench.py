@@ -23,7 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from memory.stream import Stream
 from model.bundle import DEFAULT_WEIGHTS, VideoModel
-from model.sampler import add_guidance_interval_option, use_guidance_interval
+from model.sampler import add_guidance_options, use_guidance_options
 
 PROMPTS = [
     "a big red circle bouncing over the ocean",
@@ -65,7 +65,7 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="checkpoint (default: shipped tiny weights)")
     ap.add_argument("--switch-every", type=float, default=20.0, help="seconds between prompts")
     ap.add_argument("--guidance", type=float, default=None, help="CFG scale (default: model's)")
-    add_guidance_interval_option(ap)
+    add_guidance_options(ap)
     ap.add_argument("--json", help="write the figures here too")
     args = ap.parse_args()
     if args.minutes < 1:
@@ -73,7 +73,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     path = args.model or (DEFAULT_WEIGHTS if DEFAULT_WEIGHTS.exists() else None)
     model = VideoModel.load(path) if path else VideoModel.from_seed(0, "tiny", torch.bfloat16)
-    use_guidance_interval(model, args)
+    use_guidance_options(model, args)
     stream = Stream(model, PROMPTS[0], seed=0, guidance=args.guidance)
     fpc, fps = stream.frames_per_chunk, stream.fps
     chunks = int(args.minutes * 60 * fps / fpc)

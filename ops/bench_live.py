@@ -125,6 +125,7 @@ async def main(args: argparse.Namespace) -> dict:
     if url is None:
         import torch
 
+        from model.sampler import guidance_changes
         from server.app import LiveServer, load_model
         from server.config import ServerConfig
 
@@ -135,13 +136,14 @@ async def main(args: argparse.Namespace) -> dict:
             codec=args.codec,
             steps=args.steps,
             guidance=args.guidance,
-            guidance_interval=tuple(args.guidance_interval) if args.guidance_interval else None,
+            **guidance_changes(args),
         )
         server = await LiveServer(config, model).start()
         url = server.ws_url
         sampler = server.model.config.sampler
         sampling = {"steps": sampler.steps, "guidance": sampler.guidance}
         sampling["guidance_interval"] = list(sampler.guidance_interval)
+        sampling["guidance_chunks"] = sampler.guidance_chunks
         print(f"in-process server, sampling {sampling}")
     rng = random.Random(0)
     results: dict = {
@@ -192,7 +194,7 @@ async def main(args: argparse.Namespace) -> dict:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from model.sampler import add_guidance_interval_option
+    from model.sampler import add_guidance_options
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--url", help="benchmark a running server (default: start one in-process)")
@@ -210,7 +212,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=10.0, help="seconds per concurrency level")
     p.add_argument("--steps", type=int, help="in-process server: denoising steps per chunk")
     p.add_argument("--guidance", type=float, help="in-process server: guidance scale")
-    add_guidance_interval_option(p)
+    add_guidance_options(p)
     p.add_argument("--json", type=Path, help="also write the figures here")
     return p.parse_args(argv)
 

@@ -24,7 +24,7 @@ import torch
 
 from memory.stream import Stream
 from model.bundle import VideoModel
-from model.sampler import add_guidance_interval_option, use_guidance_interval
+from model.sampler import add_guidance_options, use_guidance_options
 from model.tinyworld.captions import evaluation_prompts
 from model.tinyworld.evaluate import evaluate_frames
 from model.tinyworld.render import render_clip
@@ -47,13 +47,13 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--chunks", type=int, default=4, help="score this chunk (from 1)")
     ap.add_argument("--guidance", type=float, default=None)
-    add_guidance_interval_option(ap)
+    add_guidance_options(ap)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model = VideoModel.load(args.model)
-    use_guidance_interval(model, args)
+    use_guidance_options(model, args)
     tally = {"true context": Counter(), "own context": Counter(), "first chunk": Counter()}
     prompts = evaluation_prompts(args.prompts, seed=args.seed)
     for i, prompt in enumerate(prompts):

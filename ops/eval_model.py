@@ -23,7 +23,7 @@ import torch
 
 from memory.stream import follow_timeline
 from model.bundle import VideoModel
-from model.sampler import add_guidance_interval_option, use_guidance_interval
+from model.sampler import add_guidance_options, use_guidance_options
 from model.tinyworld.captions import evaluation_prompts, random_switch
 from model.tinyworld.evaluate import evaluate_frames, merge_confusion, misreadings
 from model.tinyworld.spec import parse_prompt
@@ -116,14 +116,14 @@ def main() -> None:
     ap.add_argument("--long", type=float, default=0.0, help="minutes of the long stream (0: skip)")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--guidance", type=float, default=None, help="classifier-free guidance")
-    add_guidance_interval_option(ap)
+    add_guidance_options(ap)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model = VideoModel.load(args.model)
-    use_guidance_interval(model, args)
+    use_guidance_options(model, args)
     t0 = time.time()
     sampler = model.config.sampler
     result = {

@@ -325,6 +325,7 @@ class LiveServer:
                 "steps": mc.sampler.steps,
                 "guidance": mc.sampler.guidance,
                 "guidance_interval": list(mc.sampler.guidance_interval),
+                "guidance_chunks": mc.sampler.guidance_chunks,
             },
             "vocabulary": {k: list(v) for k, v in VOCAB.items()},
             "filler": sorted(FILLER),

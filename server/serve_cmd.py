@@ -9,7 +9,7 @@ import signal
 
 import uvloop
 
-from model.sampler import add_guidance_interval_option
+from model.sampler import add_guidance_options, guidance_changes
 from server.config import CODECS, ServerConfig
 
 
@@ -69,7 +69,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="classifier-free guidance scale for every stream (default: the model's, 1 = off); "
         "more prompt adherence for more compute per chunk",
     )
-    add_guidance_interval_option(p)
+    add_guidance_options(p)
     p.add_argument("--log-level", default="INFO")
 
 
@@ -87,7 +87,7 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         torch_threads=args.threads,
         steps=args.steps,
         guidance=args.guidance,
-        guidance_interval=tuple(args.guidance_interval) if args.guidance_interval else None,
+        **guidance_changes(args),
     )
 
 

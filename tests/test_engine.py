@@ -301,3 +301,30 @@ def test_guidance_interval_guides_only_the_steps_whose_noise_level_it_holds():
 def test_sampler_config_rejects_an_empty_or_out_of_range_guidance_interval(interval):
     with pytest.raises(ConfigError, match="guidance interval"):
         SamplerConfig(guidance_interval=interval)
+
+
+def test_guidance_chunks_guide_only_the_chunks_after_a_start_or_switch():
+    """With guidance_chunks=2 the first two chunks after the start and after each prompt
+    change make the CFG batch (two passes); the others make one conditional pass."""
+    model = VideoModel.from_seed(0, "micro").set_dtype(torch.float32)
+    model.with_sampler(guidance_chunks=2)
+    s = Stream(model, PROMPT, seed=5, guidance=3.0)
+    s.set_prompt("a small blue square moving left in the snow", at_chunk=3)
+    widest: list[int] = []
+    hook = model.dit.register_forward_pre_hook(
+        lambda _, inputs: widest.__setitem__(-1, max(widest[-1], inputs[0].shape[0]))
+    )
+    try:
+        for _ in range(6):
+            widest.append(0)
+            s.next_chunk()
+        assert widest == [2, 2, 1, 2, 2, 1]
+        assert [s.guidance_at(k) for k in range(6)] == [3.0, 3.0, 1.0, 3.0, 3.0, 1.0]
+        s.rewind(4)  # chunk 4 is still within two chunks of the switch at 3
+        widest[:] = [0]
+        s.next_chunk()
+        assert widest == [2]
+    finally:
+        hook.remove()
+    with pytest.raises(ConfigError, match="guidance_chunks"):
+        SamplerConfig(guidance_chunks=-1)

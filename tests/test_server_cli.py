@@ -44,11 +44,12 @@ def test_serve_prints_its_url_is_healthy_and_stops_cleanly_on_sigint():
 
 
 def test_serve_refuses_bad_sampling_settings_with_a_clear_error():
-    """A reversed guidance interval or zero steps: exit 2 and say why, before loading."""
+    """Bad sampling settings (a reversed interval, zero steps, ...): exit 2 and say why."""
     for args, said in (
         (["--guidance-interval", "0.9", "0.1"], "guidance interval"),
         (["--steps", "0"], "steps must be"),
         (["--guidance", "nan"], "guidance must be"),
+        (["--guidance-chunks", "-1"], "guidance_chunks must be"),
     ):
         done = subprocess.run(
             [sys.executable, "-m", "server.cli", "serve", "--port", "0", *args],
