@@ -90,3 +90,23 @@ def test_unknown_config_fields_are_rejected():
     raw["dit"]["flash"] = True
     with pytest.raises(ConfigError, match="flash"):
         ModelConfig.from_json(json.dumps(raw))
+
+
+def test_ship_model_writes_default_sampling_and_keeps_weights(tmp_path, capsys):
+    """ops/ship_model.py: the copy loads with the sampling it was given, the same weights
+    and the source's other metadata; a bad setting writes nothing and says why."""
+    from ops.ship_model import main as ship
+
+    m = VideoModel.from_seed(3, "micro")
+    src, out = tmp_path / "m.safetensors", tmp_path / "shipped.safetensors"
+    m.save(src, extra={"step": "7"})
+    assert ship([str(src), "-o", str(out), "--guidance", "3", "--guidance-chunks", "4"]) == 0
+    back = VideoModel.load(out, dtype=torch.float32)
+    assert (back.config.sampler.guidance, back.config.sampler.guidance_chunks) == (3.0, 4)
+    assert back.config.sampler.steps == m.config.sampler.steps  # not given: kept
+    a, b = m.state_dict(), back.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert read_checkpoint(out)[2]["step"] == "7"
+    bad = tmp_path / "bad.safetensors"
+    assert ship([str(src), "-o", str(bad), "--guidance-interval", "0.9", "0.1"]) == 2
+    assert not bad.exists() and "guidance interval" in capsys.readouterr().err
