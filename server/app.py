@@ -250,7 +250,7 @@ class LiveServer:
             return _response(200, self.metrics.render(), self.metrics.content_type)
         if path == "/healthz":
             ok = self.ready.is_set() and self.worker is not None and self.worker.alive
-            return _response(200 if ok else 503, b"ok\n" if ok else b"starting\n", "text/plain")
+            return _response(200 if ok else 503, b"ok\n" if ok else b"unavailable\n", "text/plain")
         if path == "/favicon.ico":
             return _response(204, b"", "image/x-icon")
         name = "index.html" if path == "/" else path.lstrip("/")

@@ -14,7 +14,7 @@ CODECS = {"vp8": "video/VP8", "h264": "video/H264"}
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 0  # 0: the OS picks a free port; the server reports the one it got
-    model: str = "tiny"  # "tiny" (shipped weights, random init if absent), "seed:tiny", or a path
+    model: str = "tiny"  # "tiny" (shipped; random init if absent), "random[:PRESET]", a path
     codec: str = "vp8"  # preferred codec when a viewer offers several ("vp8" | "h264")
     bitrate: int = 500_000  # target bits/s of each encode (aiortc clamps to its codec's range)
     keyframe_seconds: float = 2.0  # a keyframe at least this often (and at each prompt switch)
