@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import pty
+import subprocess
 import sys
 
 import av
@@ -55,33 +56,31 @@ async def test_watch_in_a_terminal_sends_typed_prompts_and_exits_on_time(live_se
     thread the interpreter waits for at exit)."""
     server = await live_server()
     main_fd, terminal = pty.openpty()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        "import sys; from server.cli import main; sys.exit(main())",
-        "watch",
-        server.ws_url,
-        "--seconds",
-        "4",
+    # subprocess.Popen, not the loop's subprocess_exec: uvloop runs Python's after-fork
+    # hooks in the child, which can crash in a process full of torch and aiortc threads
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from server.cli import main; sys.exit(main())"]
+        + ["watch", server.ws_url, "--seconds", "4"],
         stdin=terminal,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     os.close(terminal)
     try:
         printed = b""
         async with asyncio.timeout(timeout(30)):
             while b"watching" not in printed:
-                printed += await proc.stdout.read(256) or b"EOF"
-                assert not printed.endswith(b"EOF"), printed
+                line = await asyncio.to_thread(proc.stdout.readline)
+                assert line, (printed, proc.poll())
+                printed += line
             os.write(main_fd, b"a small blue square in the snow\n")
-            printed += await proc.stdout.read()
-            assert await proc.wait() == 0
+            printed += await asyncio.to_thread(proc.stdout.read)
+            assert await asyncio.to_thread(proc.wait) == 0
     finally:
         os.close(main_fd)
-        if proc.returncode is None:
+        if proc.poll() is None:
             proc.kill()
-            await proc.wait()
+            proc.wait()
     assert b"prompt applied from frame" in printed and b"received" in printed, printed
 
 
