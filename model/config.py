@@ -84,6 +84,15 @@ class SamplerConfig:
     guidance_chunks: int = 0
     context_noise: float = 0.0  # noise level (sigma) at which finished chunks are cached
 
+    def sampling(self) -> dict:
+        """The settings a user chooses (steps, guidance and where it applies), JSON-ready."""
+        return {
+            "steps": self.steps,
+            "guidance": self.guidance,
+            "guidance_interval": list(self.guidance_interval),
+            "guidance_chunks": self.guidance_chunks,
+        }
+
     def __post_init__(self):
         check_sampling(self.steps, self.guidance)
         n = self.guidance_chunks

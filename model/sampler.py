@@ -78,16 +78,18 @@ def add_guidance_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def guidance_changes(args: argparse.Namespace) -> dict:
-    """The sampler settings given by `add_guidance_options`' flags."""
+def sampling_changes(args: argparse.Namespace) -> dict:
+    """The sampler settings given on a command line: `--steps` and `--guidance` where the
+    tool has them, and the flags of `add_guidance_options`."""
     changes = {}
+    for name in ("steps", "guidance", "guidance_chunks"):
+        if getattr(args, name, None) is not None:
+            changes[name] = getattr(args, name)
     if args.guidance_interval:
         changes["guidance_interval"] = tuple(args.guidance_interval)
-    if args.guidance_chunks is not None:
-        changes["guidance_chunks"] = args.guidance_chunks
     return changes
 
 
 def use_guidance_options(model, args: argparse.Namespace) -> None:
-    """Make the model's later streams use the guidance settings given on the command line."""
-    model.with_sampler(**guidance_changes(args))
+    """Make the model's later streams use the sampling given on the command line."""
+    model.with_sampler(**sampling_changes(args))

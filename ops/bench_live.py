@@ -125,7 +125,7 @@ async def main(args: argparse.Namespace) -> dict:
     if url is None:
         import torch
 
-        from model.sampler import guidance_changes
+        from model.sampler import sampling_changes
         from server.app import LiveServer, load_model
         from server.config import ServerConfig
 
@@ -134,16 +134,11 @@ async def main(args: argparse.Namespace) -> dict:
         config = ServerConfig(
             grace_seconds=1.0,
             codec=args.codec,
-            steps=args.steps,
-            guidance=args.guidance,
-            **guidance_changes(args),
+            **sampling_changes(args),
         )
         server = await LiveServer(config, model).start()
         url = server.ws_url
-        sampler = server.model.config.sampler
-        sampling = {"steps": sampler.steps, "guidance": sampler.guidance}
-        sampling["guidance_interval"] = list(sampler.guidance_interval)
-        sampling["guidance_chunks"] = sampler.guidance_chunks
+        sampling = server.model.config.sampler.sampling()
         print(f"in-process server, sampling {sampling}")
     rng = random.Random(0)
     results: dict = {

@@ -99,9 +99,6 @@ def long_horizon(model, args) -> dict:
         "adherence_first_minute": per_minute[0]["all"],
         "adherence_last_minute": per_minute[-1]["all"],
         "adherence_whole": whole.adherence.get("all"),
-        "first_minute": per_minute[0],
-        "last_minute": per_minute[-1],
-        "all_per_minute": [m["all"] for m in per_minute],
         "per_minute": per_minute,  # every attribute, minute by minute
         "brightness_per_minute": b,
         "brightness_drift": abs(b[-1] - b[0]) / max(b[0], 1e-9) if len(b) > 1 else None,

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from model.bundle import DEFAULT_WEIGHTS  # noqa: E402
 from model.checkpoint import read_checkpoint, save_checkpoint  # noqa: E402
 from model.errors import EndlessError  # noqa: E402
-from model.sampler import add_guidance_options, guidance_changes  # noqa: E402
+from model.sampler import add_guidance_options, sampling_changes  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,10 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--guidance", type=float, help="classifier-free guidance scale (1: off)")
     add_guidance_options(ap)
     args = ap.parse_args(argv)
-    changes = guidance_changes(args)
-    for name in ("steps", "guidance"):
-        if getattr(args, name) is not None:
-            changes[name] = getattr(args, name)
+    changes = sampling_changes(args)
     try:
         config, tensors, meta = read_checkpoint(args.source)
         sampler = dataclasses.replace(config.sampler, **changes)

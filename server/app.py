@@ -321,12 +321,7 @@ class LiveServer:
             "codecs": list(CODECS),
             "codec": cfg.codec,
             "default_prompt": DEFAULT_PROMPT,
-            "sampling": {
-                "steps": mc.sampler.steps,
-                "guidance": mc.sampler.guidance,
-                "guidance_interval": list(mc.sampler.guidance_interval),
-                "guidance_chunks": mc.sampler.guidance_chunks,
-            },
+            "sampling": mc.sampler.sampling(),
             "vocabulary": {k: list(v) for k, v in VOCAB.items()},
             "filler": sorted(FILLER),
             "limits": {

@@ -9,7 +9,7 @@ import signal
 
 import uvloop
 
-from model.sampler import add_guidance_options, guidance_changes
+from model.sampler import add_guidance_options, sampling_changes
 from server.config import CODECS, ServerConfig
 
 
@@ -85,9 +85,7 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         max_streams=args.max_streams,
         grace_seconds=args.grace,
         torch_threads=args.threads,
-        steps=args.steps,
-        guidance=args.guidance,
-        **guidance_changes(args),
+        **sampling_changes(args),
     )
 
 
