@@ -59,9 +59,20 @@ class FlowSampler:
         return x
 
 
-def add_guidance_options(parser: argparse.ArgumentParser) -> None:
-    """`--guidance-interval LO HI` and `--guidance-chunks N` for the command-line tools
-    (see `use_guidance_options`); `--guidance` itself each tool defines."""
+def add_sampling_options(parser: argparse.ArgumentParser, steps: bool = True) -> None:
+    """The sampling flags every command-line tool shares (`--steps` where `steps`,
+    `--guidance`, `--guidance-interval LO HI`, `--guidance-chunks N`); unset flags keep the
+    model's settings (see `sampling_changes`)."""
+    if steps:
+        parser.add_argument(
+            "--steps", type=int, help="denoising steps per chunk (default: the model's)"
+        )
+    parser.add_argument(
+        "--guidance",
+        type=float,
+        help="classifier-free guidance scale (default: the model's; 1: off): more prompt "
+        "adherence for more compute per guided chunk",
+    )
     parser.add_argument(
         "--guidance-interval",
         type=float,
@@ -79,8 +90,7 @@ def add_guidance_options(parser: argparse.ArgumentParser) -> None:
 
 
 def sampling_changes(args: argparse.Namespace) -> dict:
-    """The sampler settings given on a command line: `--steps` and `--guidance` where the
-    tool has them, and the flags of `add_guidance_options`."""
+    """The sampler settings given by the flags of `add_sampling_options`."""
     changes = {}
     for name in ("steps", "guidance", "guidance_chunks"):
         if getattr(args, name, None) is not None:
@@ -90,6 +100,6 @@ def sampling_changes(args: argparse.Namespace) -> dict:
     return changes
 
 
-def use_guidance_options(model, args: argparse.Namespace) -> None:
+def use_sampling_options(model, args: argparse.Namespace) -> None:
     """Make the model's later streams use the sampling given on the command line."""
     model.with_sampler(**sampling_changes(args))

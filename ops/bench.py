@@ -23,7 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from memory.stream import Stream
 from model.bundle import DEFAULT_WEIGHTS, VideoModel
-from model.sampler import add_guidance_options, use_guidance_options
+from model.sampler import add_sampling_options, use_sampling_options
 
 PROMPTS = [
     "a big red circle bouncing over the ocean",
@@ -64,8 +64,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--model", default=None, help="checkpoint (default: shipped tiny weights)")
     ap.add_argument("--switch-every", type=float, default=20.0, help="seconds between prompts")
-    ap.add_argument("--guidance", type=float, default=None, help="CFG scale (default: model's)")
-    add_guidance_options(ap)
+    add_sampling_options(ap, steps=False)
     ap.add_argument("--json", help="write the figures here too")
     args = ap.parse_args()
     if args.minutes < 1:
@@ -73,8 +72,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     path = args.model or (DEFAULT_WEIGHTS if DEFAULT_WEIGHTS.exists() else None)
     model = VideoModel.load(path) if path else VideoModel.from_seed(0, "tiny", torch.bfloat16)
-    use_guidance_options(model, args)
-    stream = Stream(model, PROMPTS[0], seed=0, guidance=args.guidance)
+    use_sampling_options(model, args)
+    stream = Stream(model, PROMPTS[0], seed=0)
     fpc, fps = stream.frames_per_chunk, stream.fps
     chunks = int(args.minutes * 60 * fps / fpc)
     minute = 60 * fps // fpc

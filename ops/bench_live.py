@@ -189,7 +189,7 @@ async def main(args: argparse.Namespace) -> dict:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from model.sampler import add_guidance_options
+    from model.sampler import add_sampling_options
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--url", help="benchmark a running server (default: start one in-process)")
@@ -205,9 +205,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="concurrent stream counts to measure jitter and stalls at",
     )
     p.add_argument("--seconds", type=float, default=10.0, help="seconds per concurrency level")
-    p.add_argument("--steps", type=int, help="in-process server: denoising steps per chunk")
-    p.add_argument("--guidance", type=float, help="in-process server: guidance scale")
-    add_guidance_options(p)
+    add_sampling_options(p)  # for the in-process server
     p.add_argument("--json", type=Path, help="also write the figures here")
     return p.parse_args(argv)
 

@@ -16,6 +16,7 @@ import torch
 
 from memory.stream import follow_timeline
 from model.bundle import VideoModel
+from model.sampler import add_sampling_options, use_sampling_options
 
 DEFAULT = [
     [0, "a big red circle bouncing over the ocean"],
@@ -56,17 +57,15 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=6, help="one frame in this many")
     ap.add_argument("--cols", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--guidance", type=float, default=None)
+    add_sampling_options(ap)
     ap.add_argument("--gif", help="also write the frames as a GIF here")
     ap.add_argument("-o", "--output", default="sheet.png")
     args = ap.parse_args()
     torch.set_num_threads(1)
     model = VideoModel.load(args.model)
+    use_sampling_options(model, args)
     timeline = [(float(a), p) for a, p in json.loads(args.storyboard)]
-    frames = np.stack(
-        list(follow_timeline(model, timeline, args.seconds, args.seed, args.steps, args.guidance))
-    )
+    frames = np.stack(list(follow_timeline(model, timeline, args.seconds, args.seed)))
     picked = frames[:: args.every]
     rows = -(-len(picked) // args.cols)
     h, w = frames.shape[1:3]

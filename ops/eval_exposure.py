@@ -24,7 +24,7 @@ import torch
 
 from memory.stream import Stream
 from model.bundle import VideoModel
-from model.sampler import add_guidance_options, use_guidance_options
+from model.sampler import add_sampling_options, use_sampling_options
 from model.tinyworld.captions import evaluation_prompts
 from model.tinyworld.evaluate import evaluate_frames
 from model.tinyworld.render import render_clip
@@ -46,26 +46,25 @@ def main() -> None:
     ap.add_argument("--model", default="model/weights/tiny.safetensors")
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--chunks", type=int, default=4, help="score this chunk (from 1)")
-    ap.add_argument("--guidance", type=float, default=None)
-    add_guidance_options(ap)
+    add_sampling_options(ap, steps=False)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model = VideoModel.load(args.model)
-    use_guidance_options(model, args)
+    use_sampling_options(model, args)
     tally = {"true context": Counter(), "own context": Counter(), "first chunk": Counter()}
     prompts = evaluation_prompts(args.prompts, seed=args.seed)
     for i, prompt in enumerate(prompts):
         timeline = [(0.0, prompt)]
-        s = Stream(model, prompt, seed=i, guidance=args.guidance)
+        s = Stream(model, prompt, seed=i)
         fpc = s.frames_per_chunk
         clip = render_clip(timeline, args.chunks * fpc / s.fps, size=s.width, seed=i)
         for z in true_latents(model, clip, args.chunks - 1, fpc):
             s.commit(s.plan(), z)
         plan = s.plan()
         results = {"true context": s.commit(plan, s.denoise(plan))}
-        free = Stream(model, prompt, seed=i, guidance=args.guidance)
+        free = Stream(model, prompt, seed=i)
         chunks = [free.next_chunk() for _ in range(args.chunks)]
         results["own context"], results["first chunk"] = chunks[-1], chunks[0]
         for name, frames in results.items():

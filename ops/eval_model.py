@@ -23,7 +23,7 @@ import torch
 
 from memory.stream import follow_timeline
 from model.bundle import VideoModel
-from model.sampler import add_guidance_options, use_guidance_options
+from model.sampler import add_sampling_options, use_sampling_options
 from model.tinyworld.captions import evaluation_prompts, random_switch
 from model.tinyworld.evaluate import evaluate_frames, merge_confusion, misreadings
 from model.tinyworld.spec import parse_prompt
@@ -55,14 +55,7 @@ def prompt_set(n: int, seconds: float, seed: int):
 def short_clips(model, args) -> dict:
     reports = []
     for i, timeline in enumerate(prompt_set(args.prompts, args.seconds, args.seed)):
-        frames = follow_timeline(
-            model,
-            timeline,
-            args.seconds,
-            seed=args.seed + i,
-            steps=args.steps,
-            guidance=args.guidance,
-        )
+        frames = follow_timeline(model, timeline, args.seconds, seed=args.seed + i)
         reports.append(evaluate_frames(frames, timeline, fps=24, chunk_frames=12))
     switches = [s for r in reports for s in r.switches]
     confusion = merge_confusion(r.confusion for r in reports)
@@ -88,9 +81,7 @@ def long_horizon(model, args) -> dict:
     prompts = evaluation_prompts(3, args.seed + 100)
     seconds = args.long * 60
     timeline = [(t, prompts[(t // 20) % 3]) for t in range(0, int(seconds), 20)]
-    frames = follow_timeline(
-        model, timeline, seconds, seed=args.seed, steps=args.steps, guidance=args.guidance
-    )
+    frames = follow_timeline(model, timeline, seconds, seed=args.seed)
     whole = evaluate_frames(frames, timeline, fps=24, chunk_frames=12)
     per_minute = whole.adherence_per_minute
     b = whole.brightness_per_minute
@@ -111,22 +102,20 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=50)
     ap.add_argument("--seconds", type=float, default=6.0)
     ap.add_argument("--long", type=float, default=0.0, help="minutes of the long stream (0: skip)")
-    ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--guidance", type=float, default=None, help="classifier-free guidance")
-    add_guidance_options(ap)
+    add_sampling_options(ap)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model = VideoModel.load(args.model)
-    use_guidance_options(model, args)
+    use_sampling_options(model, args)
     t0 = time.time()
     sampler = model.config.sampler
     result = {
         "model": args.model,
-        "steps": args.steps or sampler.steps,
-        "guidance": sampler.guidance if args.guidance is None else args.guidance,
+        "steps": sampler.steps,
+        "guidance": sampler.guidance,
         "guidance_interval": list(sampler.guidance_interval),
     }
     if args.prompts:

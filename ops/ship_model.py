@@ -19,16 +19,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from model.bundle import DEFAULT_WEIGHTS  # noqa: E402
 from model.checkpoint import read_checkpoint, save_checkpoint  # noqa: E402
 from model.errors import EndlessError  # noqa: E402
-from model.sampler import add_guidance_options, sampling_changes  # noqa: E402
+from model.sampler import add_sampling_options, sampling_changes  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("source", help="trained checkpoint (e.g. runs/dit/model.safetensors)")
     ap.add_argument("-o", "--out", default=str(DEFAULT_WEIGHTS), help="default: %(default)s")
-    ap.add_argument("--steps", type=int, help="denoising steps per chunk")
-    ap.add_argument("--guidance", type=float, help="classifier-free guidance scale (1: off)")
-    add_guidance_options(ap)
+    add_sampling_options(ap)
     args = ap.parse_args(argv)
     changes = sampling_changes(args)
     try:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from model.errors import RenderError
-from model.sampler import add_guidance_options, use_guidance_options
+from model.sampler import add_sampling_options, use_sampling_options
 from model.storyboard import load_storyboard
 from server.offline import RenderProgress, check_duration, render_video, resolve_model
 
@@ -24,9 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("-o", "--output", required=True, help="output .mp4 path")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=None, help="denoising steps per chunk")
-    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance")
-    add_guidance_options(p)
+    add_sampling_options(p)
     p.add_argument(
         "--model", default="tiny", help="'tiny' (shipped), 'random:PRESET' or a .safetensors path"
     )
@@ -64,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     if not os.access(out.parent, os.W_OK):
         raise RenderError(f"output folder {out.parent} is not writable", value=str(out))
     model = resolve_model(args.model, args.threads)
-    use_guidance_options(model, args)
+    use_sampling_options(model, args)
     for _, text in timeline:
         model.text.encode_strict(text)
     result = render_video(
@@ -73,8 +71,6 @@ def run(args: argparse.Namespace) -> int:
         seconds,
         out,
         seed=args.seed,
-        steps=args.steps,
-        guidance=args.guidance,
         on_progress=None if args.quiet else progress_bar,
     )
     if not args.quiet:

@@ -9,7 +9,7 @@ import signal
 
 import uvloop
 
-from model.sampler import add_guidance_options, sampling_changes
+from model.sampler import add_sampling_options, sampling_changes
 from server.config import CODECS, ServerConfig
 
 
@@ -60,16 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=d.torch_threads,
         help="torch threads of the model worker (default %(default)s)",
     )
-    p.add_argument(
-        "--steps", type=int, help="denoising steps per chunk (default: the model's, 4 for tiny)"
-    )
-    p.add_argument(
-        "--guidance",
-        type=float,
-        help="classifier-free guidance scale for every stream (default: the model's, 1 = off); "
-        "more prompt adherence for more compute per chunk",
-    )
-    add_guidance_options(p)
+    add_sampling_options(p)  # for every stream
     p.add_argument("--log-level", default="INFO")
 
 
