@@ -273,14 +273,12 @@ def follow_timeline(
     timeline: list[tuple[float, str]],
     seconds: float,
     seed: int = 0,
-    steps: int | None = None,
-    guidance: float | None = None,
 ):
     """Yield the frames of a stream that follows [(at_seconds, prompt)] for `seconds`.
 
     Each switch applies at the first chunk starting at or after its time; whole chunks only.
     """
-    s = Stream(model, timeline[0][1], seed=seed, steps=steps, guidance=guidance)
+    s = Stream(model, timeline[0][1], seed=seed)
     switches = {chunk_at(at, s.fps, s.frames_per_chunk): p for at, p in timeline[1:]}
     for k in range(int(round(seconds * s.fps)) // s.frames_per_chunk):
         if k in switches:

@@ -59,14 +59,13 @@ class FlowSampler:
         return x
 
 
-def add_sampling_options(parser: argparse.ArgumentParser, steps: bool = True) -> None:
-    """The sampling flags every command-line tool shares (`--steps` where `steps`,
-    `--guidance`, `--guidance-interval LO HI`, `--guidance-chunks N`); unset flags keep the
-    model's settings (see `sampling_changes`)."""
-    if steps:
-        parser.add_argument(
-            "--steps", type=int, help="denoising steps per chunk (default: the model's)"
-        )
+def add_sampling_options(parser: argparse.ArgumentParser) -> None:
+    """The sampling flags every command-line tool shares (`--steps`, `--guidance`,
+    `--guidance-interval LO HI`, `--guidance-chunks N`); unset flags keep the model's
+    settings (see `sampling_changes`)."""
+    parser.add_argument(
+        "--steps", type=int, help="denoising steps per chunk (default: the model's)"
+    )
     parser.add_argument(
         "--guidance",
         type=float,

@@ -64,7 +64,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--model", default=None, help="checkpoint (default: shipped tiny weights)")
     ap.add_argument("--switch-every", type=float, default=20.0, help="seconds between prompts")
-    add_sampling_options(ap, steps=False)
+    add_sampling_options(ap)
     ap.add_argument("--json", help="write the figures here too")
     args = ap.parse_args()
     if args.minutes < 1:

@@ -46,7 +46,7 @@ def main() -> None:
     ap.add_argument("--model", default="model/weights/tiny.safetensors")
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--chunks", type=int, default=4, help="score this chunk (from 1)")
-    add_sampling_options(ap, steps=False)
+    add_sampling_options(ap)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = ap.parse_args()

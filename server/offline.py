@@ -72,8 +72,6 @@ def render_video(
     seconds: float,
     path: str | Path,
     seed: int = 0,
-    steps: int | None = None,
-    guidance: float | None = None,
     on_progress: Callable[[RenderProgress], None] | None = None,
 ) -> RenderResult:
     """Generate `seconds` of video following `timeline` [(at_seconds, prompt)] into `path`.
@@ -85,7 +83,7 @@ def render_video(
     timeline = sorted(timeline)
     if not timeline:
         raise RenderError("nothing to render: no prompt given")
-    stream = Stream(model, timeline[0][1], seed=seed, steps=steps, guidance=guidance)
+    stream = Stream(model, timeline[0][1], seed=seed)
     fpc = stream.frames_per_chunk
     switches = [(chunk_at(at, stream.fps, fpc), text) for at, text in timeline[1:]]
     for _, text in switches:  # validate every prompt up front
