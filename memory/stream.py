@@ -20,7 +20,6 @@ import torch
 from memory.cache import CacheLayout, ContextCache
 from memory.policy import CachePolicy, SinkRollingWindow
 from model.bundle import VideoModel
-from model.config import check_sampling
 from model.dit import AttnContext, block_causal_mask
 from model.errors import EndlessError
 from model.sampler import FlowSampler
@@ -57,16 +56,14 @@ class Stream:
         model: VideoModel,
         prompt: str,
         seed: int = 0,
-        steps: int | None = None,
-        guidance: float | None = None,
         policy: CachePolicy | None = None,
     ):
         self.model = model
         cfg = model.config
         self.seed = seed
-        self.steps = cfg.sampler.steps if steps is None else steps
-        self.guidance = cfg.sampler.guidance if guidance is None else guidance
-        check_sampling(self.steps, self.guidance)
+        # sampling is the model's (set with model.with_sampler); its config validated it
+        self.steps = cfg.sampler.steps
+        self.guidance = cfg.sampler.guidance
         self.sampler = FlowSampler(cfg.sampler)
         sc = cfg.stream
         self.fps = sc.fps

@@ -237,8 +237,8 @@ def test_positions_stay_bounded():
 def test_guidance_batches_both_passes_and_equals_two_separate_calls():
     """CFG runs the conditional and unconditional passes as one batch over one cached
     context; the result equals combining two separate model calls."""
-    model = VideoModel.from_seed(0, "micro").set_dtype(torch.float32)
-    s = Stream(model, PROMPT, seed=5, guidance=3.0)
+    model = VideoModel.from_seed(0, "micro").set_dtype(torch.float32).with_sampler(guidance=3.0)
+    s = Stream(model, PROMPT, seed=5)
     for _ in range(2):
         s.next_chunk()  # some cached context to attend to
     plan = s.plan()
@@ -266,8 +266,8 @@ def test_guidance_batches_both_passes_and_equals_two_separate_calls():
 def test_guidance_interval_guides_only_the_steps_whose_noise_level_it_holds():
     """With an interval, steps outside it make one conditional pass (no CFG batch), so a
     chunk equals the unguided one when no step falls inside and differs when some do."""
-    model = VideoModel.from_seed(0, "micro").set_dtype(torch.float32)
-    s = Stream(model, PROMPT, seed=5, guidance=3.0)
+    model = VideoModel.from_seed(0, "micro").set_dtype(torch.float32).with_sampler(guidance=3.0)
+    s = Stream(model, PROMPT, seed=5)
     plan = s.plan()
     text = torch.stack([plan.prompt.tokens, model.text.null()])
     positions = torch.arange(plan.n_context, plan.n_context + s.chunk_frames)
@@ -307,8 +307,8 @@ def test_guidance_chunks_guide_only_the_chunks_after_a_start_or_switch():
     """With guidance_chunks=2 the first two chunks after the start and after each prompt
     change make the CFG batch (two passes); the others make one conditional pass."""
     model = VideoModel.from_seed(0, "micro").set_dtype(torch.float32)
-    model.with_sampler(guidance_chunks=2)
-    s = Stream(model, PROMPT, seed=5, guidance=3.0)
+    model.with_sampler(guidance=3.0, guidance_chunks=2)
+    s = Stream(model, PROMPT, seed=5)
     s.set_prompt("a small blue square moving left in the snow", at_chunk=3)
     widest: list[int] = []
     hook = model.dit.register_forward_pre_hook(
