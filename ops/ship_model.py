@@ -1,7 +1,7 @@
 """Copy a trained checkpoint to where `endless` loads it, with the sampling it should use
 by default written into its config (the checkpoint says how to sample it).
 
-    .venv/bin/python ops/ship_model.py runs/dit/model.safetensors --guidance 3 --guidance-chunks 4
+    .venv/bin/python ops/ship_model.py runs/dit/model.safetensors --guidance 2 --guidance-chunks 4
 
 Tensors and the other metadata (e.g. the training step) are kept as they are; settings
 not given keep the source's values.
