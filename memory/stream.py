@@ -61,9 +61,7 @@ class Stream:
         self.model = model
         cfg = model.config
         self.seed = seed
-        # sampling is the model's (set with model.with_sampler); its config validated it
-        self.steps = cfg.sampler.steps
-        self.guidance = cfg.sampler.guidance
+        # sampling is the model's config at this moment (model.with_sampler sets it)
         self.sampler = FlowSampler(cfg.sampler)
         sc = cfg.stream
         self.fps = sc.fps
@@ -201,6 +199,14 @@ class Stream:
             return dit(x, s, text, positions, ctx=plan.context)
 
         return self.sampler.sample(plan.noise, velocity, self.steps, self.guidance_at(plan.chunk))
+
+    @property
+    def steps(self) -> int:
+        return self.sampler.cfg.steps
+
+    @property
+    def guidance(self) -> float:
+        return self.sampler.cfg.guidance
 
     def guidance_at(self, chunk: int) -> float:
         """The guidance scale of `chunk`: the stream's, or 1 (off) once the sampler's
