@@ -43,106 +43,83 @@ from model.bundle import VideoModel
 from model.checkpoint import load_strict, read_checkpoint, save_checkpoint
 from model.sampler import shift_sigma, sigmas
 from model.teacher_forcing import TeacherForcingLayout
-from model.tinyworld.captions import changed, random_attributes, random_caption, random_switch
-from model.tinyworld.render import World
+from model.tinyworld.sequences import Sequence, SequenceParams, SequenceSource
 from model.tinyworld.spec import parse_prompt
 
 
-def sample_sequence(
-    rng, n_chunks: int, chunk_frames: int, size: int, switch_prob: float, far_sink_prob: float
-):
-    """Frames (n_chunks*chunk_frames, S, S, 3) and one caption per chunk."""
-    attrs = random_attributes(rng)
-    world = World(attrs, seed=int(rng.integers(2**62)), size=size)
-    caption = random_caption(rng, attrs)
-    gap = int(rng.integers(1, 40)) if rng.random() < far_sink_prob else 0
-    total_chunks = n_chunks + gap
-    keep = [0] + list(range(gap + 1, total_chunks))
-    frames = np.empty((n_chunks * chunk_frames, size, size, 3), np.uint8)
-    scratch = np.empty((size, size, 3), np.uint8)
-    captions = []
-    j = 0
-    for c in range(total_chunks):
-        if c > 0 and rng.random() < switch_prob:
-            new = random_switch(rng, attrs)
-            caption = random_caption(rng, new, keep=changed(attrs, new))
-            attrs = world.set_prompt(new, c * chunk_frames)
-        if c in keep:
-            for _ in range(chunk_frames):
-                world.advance(frames[j])
-                j += 1
-            captions.append(caption)
-        else:
-            for _ in range(chunk_frames):
-                world.advance(scratch)
-    return frames, captions, gap > 0
-
-
 def object_cells(x: torch.Tensor, time_stride: int, cells: int) -> torch.Tensor:
-    """(1, 3, T, H, W) frames in [-1, 1] -> (T/ts, cells, cells) bool: latent cells where
+    """(B, 3, T, H, W) frames in [-1, 1] -> (B, T/ts, cells, cells) bool: latent cells where
     some pixel stands out from its row's median colour (the object; stars and flakes too)."""
     median = x.median(dim=-1, keepdim=True).values
-    out = ((x - median).abs().amax(dim=1) > 0.35).float()  # (1, T, H, W)
-    t, h = out.shape[1], out.shape[2]
-    out = out.view(1, t // time_stride, time_stride, h, x.shape[-1]).amax(dim=2)
-    return F.adaptive_max_pool2d(out, cells)[0] > 0
+    out = ((x - median).abs().amax(dim=1) > 0.35).float()  # (B, T, H, W)
+    b, t, h, w = out.shape
+    out = out.view(b, t // time_stride, time_stride, h, w).amax(dim=2)
+    return F.adaptive_max_pool2d(out, cells) > 0
 
 
 class LatentPool:
-    """Encoded training sequences, refreshed a few at a time."""
+    """Encoded training sequences, refreshed a few at a time from a SequenceSource."""
 
-    def __init__(self, model: VideoModel, size: int, n_chunks: int, rng, args):
-        self.model, self.rng, self.args = model, rng, args
-        cfg = model.config
-        self.n_chunks = n_chunks
-        self.chunk_latent = cfg.stream.chunk_latent_frames
-        self.chunk_frames = self.chunk_latent * cfg.vae.time_stride
-        self.size = size
+    def __init__(self, model: VideoModel, source: SequenceSource, rng, args):
+        self.model, self.source, self.rng, self.args = model, source, rng, args
+        self.chunk_latent = model.config.stream.chunk_latent_frames
+        self.chunk_frames = source.p.chunk_frames
         self.latents: list[torch.Tensor] = []
         self.text_idx: list[torch.Tensor] = []
         self.objects: list[torch.Tensor] = []  # (F, h, w) bool: latent cells the object is in
         self.far: list[bool] = []  # the first chunk is a sink from far earlier (a gap follows)
+        self.fresh = 0  # sequences encoded since the trainer last read this
         while len(self.latents) < args.pool:
-            self._add()
+            need = min(args.encode_batch, args.pool - len(self.latents))
+            for item in self._encode(source.take(need, wait=True)):
+                self.latents.append(item[0])
+                self.text_idx.append(item[1])
+                self.objects.append(item[2])
+                self.far.append(item[3])
 
     @torch.no_grad()
-    def _encode(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
-        frames, captions, far = sample_sequence(
-            self.rng,
-            self.n_chunks,
-            self.chunk_frames,
-            self.size,
-            self.args.switch_prob,
-            self.args.far_sink_prob,
-        )
-        x = torch.from_numpy(frames).permute(3, 0, 1, 2).unsqueeze(0).float() / 127.5 - 1
+    def _encode(self, seqs: list[Sequence]) -> list[tuple]:
+        """Sequences -> (latents (z, F, h, w) unscaled, prompt indices, object cells, far),
+        encoded together on the model's device."""
+        if not seqs:
+            return []
         vae = self.model.vae
         dev = vae.latent_std.device
-        x = x.to(dev)
+        frames = torch.from_numpy(np.stack([s.frames for s in seqs])).to(dev)
+        x = frames.permute(0, 4, 1, 2, 3).float() / 127.5 - 1  # (B, 3, T, H, W)
+        far = torch.tensor([s.far for s in seqs], device=dev)
+        z = None
         with torch.autocast(dev.type, dtype=torch.bfloat16):
-            if far:  # the sink and the chunks after the gap are separate videos
-                first, _, _ = vae.encode_moments(x[:, :, : self.chunk_frames])
-                rest, _, _ = vae.encode_moments(x[:, :, self.chunk_frames :])
-                z = torch.cat([first, rest], dim=2)
-            else:  # one video: later chunks are encoded with the causal state carried on
-                z, _, _ = vae.encode_moments(x)
-        z = z.float()[0]  # (z, F, h, w) unscaled
+            for group in (far, ~far):
+                if not group.any():
+                    continue
+                xs = x[group]
+                if group is far:  # the sink and the chunks after the gap are separate videos
+                    first, _, _ = vae.encode_moments(xs[:, :, : self.chunk_frames])
+                    rest, _, _ = vae.encode_moments(xs[:, :, self.chunk_frames :])
+                    zg = torch.cat([first, rest], dim=2)
+                else:  # one video: later chunks are encoded with the causal state carried on
+                    zg, _, _ = vae.encode_moments(xs)
+                if z is None:
+                    z = torch.empty((len(seqs), *zg.shape[1:]), device=dev)
+                z[group] = zg.float()
+        obj = object_cells(x, self.model.config.vae.time_stride, z.shape[-1]).cpu()
+        z = z.cpu()  # the pool lives in host memory
         enc = self.model.text
-        idx = torch.tensor([enc.indices(parse_prompt(c).attributes) for c in captions])
-        obj = object_cells(x, self.model.config.vae.time_stride, z.shape[-1])
-        return z.cpu(), idx, obj.cpu(), far  # the pool lives in host memory
-
-    def _add(self) -> None:
-        z, idx, obj, far = self._encode()
-        self.latents.append(z)
-        self.text_idx.append(idx)
-        self.objects.append(obj)
-        self.far.append(far)
+        out = []
+        for i, s in enumerate(seqs):
+            idx = torch.tensor([enc.indices(parse_prompt(c).attributes) for c in s.captions])
+            out.append((z[i], idx, obj[i], s.far))
+        return out
 
     def refresh(self, n: int) -> None:
-        for _ in range(n):
+        """Replace up to n random pool entries with new sequences (with render workers, as
+        many as are ready)."""
+        wait = self.source.workers == 0
+        for item in self._encode(self.source.take(n, wait=wait)):
             i = int(self.rng.integers(len(self.latents)))
-            self.latents[i], self.text_idx[i], self.objects[i], self.far[i] = self._encode()
+            self.latents[i], self.text_idx[i], self.objects[i], self.far[i] = item
+            self.fresh += 1
 
     def batch(self, b: int):
         ids = self.rng.integers(len(self.latents), size=b)
@@ -354,6 +331,13 @@ def main() -> None:
         help="every k-th step trains first chunks alone (text-to-video); 0: never",
     )
     ap.add_argument("--first-chunk-batch", type=int, default=24)
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="processes that render sequences ahead (for a GPU); 0: render in the trainer",
+    )
+    ap.add_argument("--encode-batch", type=int, default=2, help="sequences per VAE encode")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu", help="cpu, or cuda when a GPU is lent")
     ap.add_argument("--save-every", type=int, default=100)
@@ -383,7 +367,12 @@ def main() -> None:
     rng = np.random.default_rng(args.seed * 7 + step)
     model.to(args.device)
     t0 = time.time()
-    pool = LatentPool(model, model.config.stream.height, args.chunks, rng, args)
+    chunk_frames = model.config.stream.chunk_latent_frames * model.config.vae.time_stride
+    seq_params = SequenceParams(
+        args.chunks, chunk_frames, model.config.stream.height, args.switch_prob, args.far_sink_prob
+    )
+    source = SequenceSource(rng, seq_params, args.workers)
+    pool = LatentPool(model, source, rng, args)
     print(f"pool of {len(pool.latents)} sequences in {time.time() - t0:.0f}s", flush=True)
     if float(model.vae.latent_std.sum()) == model.vae.latent_std.numel() and not bool(
         model.vae.latent_mean.any()
@@ -435,6 +424,7 @@ def main() -> None:
         if step % 20 == 0:
             lr = opt.param_groups[0]["lr"]
             msg = {"step": step, "loss": float(np.mean(losses)), "lr": lr, "time": time.time()}
+            msg["fresh"], pool.fresh = pool.fresh, 0  # new sequences in these 20 steps
             print(json.dumps(msg), flush=True)
             log.write(json.dumps(msg) + "\n")
             log.flush()
@@ -442,6 +432,7 @@ def main() -> None:
         if step % args.save_every == 0:
             save(model, ema, opt, step, out)
     save(model, ema, opt, step, out)
+    source.close()
 
 
 def lr_factor(run_step: int, seconds_left: float, args) -> float:
