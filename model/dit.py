@@ -68,8 +68,9 @@ class Rope3D:
         ]
 
     def angles(self, t: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        """Angles (len(t)*h*w, head_dim/2) for frames at time positions t, frame-major."""
-        grid_t = torch.outer(t.double(), self.inv_freq[0])  # (F, dt/2)
+        """Angles (len(t)*h*w, head_dim/2) for frames at time positions t, frame-major,
+        on t's device (computed in float64 on the CPU: a few thousand numbers)."""
+        grid_t = torch.outer(t.detach().cpu().double(), self.inv_freq[0])  # (F, dt/2)
         grid_h = torch.outer(torch.arange(h, dtype=torch.float64), self.inv_freq[1])
         grid_w = torch.outer(torch.arange(w, dtype=torch.float64), self.inv_freq[2])
         n_t = len(t)
@@ -81,7 +82,7 @@ class Rope3D:
             ],
             dim=-1,
         )
-        return a.reshape(n_t * h * w, -1).float()
+        return a.reshape(n_t * h * w, -1).float().to(t.device)
 
 
 def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
