@@ -1,9 +1,14 @@
-"""What the DiT trainer asks of the model: only states that inference makes."""
+"""What the DiT trainer asks of the model (only states that inference makes) and how its
+training sequences reach it."""
 
 from __future__ import annotations
 
+from multiprocessing import shared_memory
+
+import numpy as np
 import torch
 
+from model.tinyworld.sequences import SequenceParams, SequenceSource, _render_into, sample_sequence
 from ops.train_dit import recache_variant
 
 A, B, C = [1, 1, 0, 0, 0], [1, 2, 0, 0, 0], [3, 2, 0, 0, 0]  # slot value indices
@@ -33,3 +38,36 @@ def test_a_sequence_without_a_switch_trains_every_chunk_but_a_far_sinks_next_one
     assert masks([A, A, A, A], far=False, prob=1.0) == ([A] * 4, [True] * 4)
     assert masks([A, A, A, A], far=True, prob=1.0) == ([A] * 4, [True, False, True, True])
     assert masks([A], far=False, prob=1.0) == ([A], [True])  # a first chunk alone
+
+
+P = SequenceParams(n_chunks=3, chunk_frames=4, size=32, switch_prob=0.5, far_sink_prob=0.5)
+
+
+def test_a_worker_draws_into_its_shared_slot_the_sequence_its_seed_gives():
+    block = shared_memory.SharedMemory(create=True, size=3 * int(np.prod(P.frames_shape)))
+    try:
+        captions, far = _render_into(7, P, block.name, slot=1)
+        slot = np.ndarray(P.frames_shape, np.uint8, buffer=block.buf, offset=block.size // 3)
+        want = sample_sequence(np.random.default_rng(7), P)
+        assert np.array_equal(slot, want.frames) and slot.any()
+        assert captions == want.captions and far == want.far
+        del slot
+    finally:
+        block.close()
+        block.unlink()
+
+
+def test_render_workers_deliver_whole_distinct_sequences_until_closed():
+    source = SequenceSource(np.random.default_rng(0), P, workers=1)
+    try:
+        first = source.take(3, wait=True)
+        assert len(first) == 3
+        assert all(s.frames.shape == P.frames_shape and len(s.captions) == 3 for s in first)
+        kept = [s.frames.copy() for s in first]
+        assert not np.array_equal(kept[0], kept[1])
+        later = source.take(8, wait=True)  # all 8 slots: the first 3 are drawn into again
+        assert len(later) == 8 and all(s.frames.any() for s in later)
+        del first, later
+    finally:
+        source.close()
+    assert source.pool is None
