@@ -92,11 +92,11 @@ class LatentPool:
         far = torch.tensor([s.far for s in seqs], device=dev)
         z = None
         with torch.autocast(dev.type, dtype=torch.bfloat16):
-            for group in (far, ~far):
+            for group, split in ((far, True), (~far, False)):
                 if not group.any():
                     continue
                 xs = x[group]
-                if group is far:  # the sink and the chunks after the gap are separate videos
+                if split:  # the sink and the chunks after the gap are separate videos
                     first, _, _ = vae.encode_moments(xs[:, :, : self.chunk_frames])
                     rest, _, _ = vae.encode_moments(xs[:, :, self.chunk_frames :])
                     zg = torch.cat([first, rest], dim=2)

@@ -4,12 +4,14 @@ training sequences reach it."""
 from __future__ import annotations
 
 from multiprocessing import shared_memory
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 
+from model.bundle import VideoModel
 from model.tinyworld.sequences import SequenceParams, SequenceSource, _render_into, sample_sequence
-from ops.train_dit import recache_variant
+from ops.train_dit import LatentPool, recache_variant
 
 A, B, C = [1, 1, 0, 0, 0], [1, 2, 0, 0, 0], [3, 2, 0, 0, 0]  # slot value indices
 
@@ -71,3 +73,24 @@ def test_render_workers_deliver_whole_distinct_sequences_until_closed():
     finally:
         source.close()
     assert source.pool is None
+
+
+def test_the_pool_encodes_a_batch_as_it_would_encode_each_sequence_alone():
+    model = VideoModel.from_seed(0, "micro")
+    cfg = model.config
+    p = SequenceParams(
+        3,
+        cfg.stream.chunk_latent_frames * cfg.vae.time_stride,
+        cfg.stream.height,
+        switch_prob=0.5,
+        far_sink_prob=0.5,
+    )
+    rng = np.random.default_rng(0)
+    seqs = [sample_sequence(rng, p) for _ in range(6)]
+    assert {s.far for s in seqs} == {True, False}  # both kinds, in one batch
+    pool = LatentPool(model, SequenceSource(rng, p), rng, SimpleNamespace(pool=0))
+    together = pool._encode(seqs)
+    for seq, (z, idx, obj, far) in zip(seqs, together, strict=True):
+        ((z1, idx1, obj1, far1),) = pool._encode([seq])
+        assert torch.allclose(z, z1, atol=1e-3) and far == far1 == seq.far
+        assert torch.equal(idx, idx1) and torch.equal(obj, obj1) and len(idx) == 3
