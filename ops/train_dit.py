@@ -358,7 +358,7 @@ def main() -> None:
         load_strict(model, tensors, args.init)
         step = int(meta.get("step", 0))
         print(f"initialised from {args.init} (step {step})", flush=True)
-    else:
+    elif not state_path.exists():  # a fresh start: the trained VAE, a new denoiser
         _, vae_tensors, _ = read_checkpoint(args.vae)
         load_strict(model.vae, vae_tensors, args.vae)
     if state_path.exists():
