@@ -23,8 +23,10 @@ Training matches inference (memory/stream.py) exactly:
   * with --decay-minutes, the learning rate anneals over the run's last minutes;
   * with --first-chunk-every, some steps train streams' first chunks alone (see first_chunks).
 A pool of encoded sequences is refreshed a little every step, so the VAE encoder costs
-little. Writes runs/dit/last.safetensors (train state) and runs/dit/model.safetensors
-(the full VideoModel with EMA weights: what `endless render --model` and the evaluator use).
+little; on a GPU (`--device cuda`, see ops/train_on_gpu.sh) `--workers` processes render
+the new sequences ahead and the pool encodes them in batches. Writes
+runs/dit/last.safetensors (train state) and runs/dit/model.safetensors (the full
+VideoModel with EMA weights: what `endless render --model` and the evaluator use).
 """
 
 from __future__ import annotations
