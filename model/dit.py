@@ -69,10 +69,12 @@ class Rope3D:
 
     def angles(self, t: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """Angles (len(t)*h*w, head_dim/2) for frames at time positions t, frame-major,
-        on t's device (computed in float64 on the CPU: a few thousand numbers)."""
-        grid_t = torch.outer(t.detach().cpu().double(), self.inv_freq[0])  # (F, dt/2)
-        grid_h = torch.outer(torch.arange(h, dtype=torch.float64), self.inv_freq[1])
-        grid_w = torch.outer(torch.arange(w, dtype=torch.float64), self.inv_freq[2])
+        computed in float64 on t's device (no copy of t back to the host)."""
+        dev = t.device
+        inv_t, inv_h, inv_w = (f.to(dev) for f in self.inv_freq)
+        grid_t = torch.outer(t.double(), inv_t)  # (F, dt/2)
+        grid_h = torch.outer(torch.arange(h, dtype=torch.float64, device=dev), inv_h)
+        grid_w = torch.outer(torch.arange(w, dtype=torch.float64, device=dev), inv_w)
         n_t = len(t)
         a = torch.cat(
             [
@@ -82,7 +84,7 @@ class Rope3D:
             ],
             dim=-1,
         )
-        return a.reshape(n_t * h * w, -1).float().to(t.device)
+        return a.reshape(n_t * h * w, -1).float()
 
 
 def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:

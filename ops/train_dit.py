@@ -73,11 +73,11 @@ class LatentPool:
         self.fresh = 0  # sequences encoded since the trainer last read this
         while len(self.latents) < args.pool:
             need = min(args.encode_batch, args.pool - len(self.latents))
-            for item in self._encode(source.take(need, wait=True)):
-                self.latents.append(item[0])
-                self.text_idx.append(item[1])
-                self.objects.append(item[2])
-                self.far.append(item[3])
+            for z, idx, obj, far in self._encode(source.take(need, wait=True)):
+                self.latents.append(z)
+                self.text_idx.append(idx)
+                self.objects.append(obj)
+                self.far.append(far)
 
     @torch.no_grad()
     def _encode(self, seqs: list[Sequence]) -> list[tuple]:
@@ -119,8 +119,7 @@ class LatentPool:
     def refresh(self, n: int) -> None:
         """Replace up to n random pool entries with new sequences (with render workers, as
         many as are ready)."""
-        wait = self.source.workers == 0
-        for item in self._encode(self.source.take(n, wait=wait)):
+        for item in self._encode(self.source.take(n)):
             i = int(self.rng.integers(len(self.latents)))
             self.latents[i], self.text_idx[i], self.objects[i], self.far[i] = item
             self.fresh += 1

@@ -99,14 +99,14 @@ def _render_into(seed: int, p: SequenceParams, name: str, slot: int) -> tuple[li
 
 
 class SequenceSource:
-    """Sequences on demand. With workers > 0, `workers` processes render ahead into
-    `8 * workers` shared-memory slots; `take(n)` returns those finished (up to n, and at
-    most the number of slots) and waits only with wait=True. The frames it returns are
-    views of the slots: they stay valid until the next `take`, which hands their slots
-    back to the workers."""
+    """Sequences on demand. With workers == 0, `take(n)` renders all n here. With
+    workers > 0, that many processes render ahead into `8 * workers` shared-memory slots;
+    `take(n)` returns those finished (up to n, and at most the number of slots) and waits
+    only with wait=True. The frames it returns are views of the slots: they stay valid
+    until the next `take`, which hands their slots back to the workers."""
 
     def __init__(self, rng: np.random.Generator, p: SequenceParams, workers: int = 0):
-        self.rng, self.p, self.workers = rng, p, workers
+        self.rng, self.p = rng, p
         self.pending: deque = deque()  # (result, slot) in the order they were asked for
         self.pool = None
         if workers > 0:
