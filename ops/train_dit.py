@@ -93,7 +93,7 @@ class LatentPool:
         x = frames.permute(0, 4, 1, 2, 3).float() / 127.5 - 1  # (B, 3, T, H, W)
         far = torch.tensor([s.far for s in seqs], device=dev)
         z = None
-        with mixed_precision(dev.type):
+        with mixed_precision(dev.type, self.args):
             for group, split in ((far, True), (~far, False)):
                 if not group.any():
                     continue
@@ -156,7 +156,7 @@ def training_loss(model: VideoModel, z, idx, obj, far, args, rng) -> torch.Tenso
     null_tokens = per_frame_tokens(model, torch.zeros_like(idx), chunk)  # trained too
     tokens = torch.where(drop[:, None, None, None], null_tokens, prompt_tokens)
     if n_chunks == 1:  # a stream's first chunk alone: no context, so no clean copy
-        with mixed_precision(dev.type):
+        with mixed_precision(dev.type, args):
             v = dit(x_noisy, sigma, tokens, torch.arange(n, device=dev))
     else:
         clean_tokens = per_frame_tokens(model, clean_idx, chunk)
@@ -190,7 +190,7 @@ def teacher_forced_velocity(
         ctx_sigma[own] = 0.0
     x = torch.cat([x_ctx, x_noisy], dim=2)  # (B, z, 2n, h, w)
     s = torch.cat([ctx_sigma, sigma], dim=1)
-    with mixed_precision(z.device.type):
+    with mixed_precision(z.device.type, args):
         v = dit(x, s, torch.cat([clean_tokens, tokens], dim=1), positions, mask=layout)
     return v[:, :, n:]
 
@@ -212,7 +212,7 @@ def own_context(dit, z, tokens, positions, layout, chunk: int, args) -> torch.Te
     x_noisy = noised(z, level, torch.randn_like(z))
     x = torch.cat([z, x_noisy], dim=2)
     s = torch.cat([torch.zeros_like(level), level], dim=1)
-    with mixed_precision(z.device.type):
+    with mixed_precision(z.device.type, args):
         v = dit(x, s, torch.cat([tokens, tokens], dim=1), positions, mask=layout)
     return x_noisy - level[:, None, :, None, None] * v[:, :, n:].float()
 
@@ -353,7 +353,6 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    _BF16["on"] = args.amp == "bf16"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / "last.safetensors"
@@ -445,12 +444,10 @@ def main() -> None:
     source.close()
 
 
-_BF16 = {"on": True}  # --amp; a GPU and AMX CPUs run bf16 fastest, CPUs without AMX fp32
-
-
-def mixed_precision(device_type: str):
-    """bf16 autocast unless --amp off (fp32 throughout)."""
-    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=_BF16["on"])
+def mixed_precision(device_type: str, args):
+    """bf16 autocast, or fp32 throughout with --amp off: a GPU and CPUs with AMX run bf16
+    fastest, CPUs without it fp32."""
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=args.amp == "bf16")
 
 
 def lr_factor(run_step: int, seconds_left: float, args) -> float:

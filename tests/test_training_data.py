@@ -11,7 +11,7 @@ import torch
 
 from model.bundle import VideoModel
 from model.tinyworld.sequences import SequenceParams, SequenceSource, _render_into, sample_sequence
-from ops.train_dit import LatentPool, recache_variant
+from ops.train_dit import LatentPool, mixed_precision, recache_variant
 
 A, B, C = [1, 1, 0, 0, 0], [1, 2, 0, 0, 0], [3, 2, 0, 0, 0]  # slot value indices
 
@@ -88,9 +88,17 @@ def test_the_pool_encodes_a_batch_as_it_would_encode_each_sequence_alone():
     rng = np.random.default_rng(0)
     seqs = [sample_sequence(rng, p) for _ in range(6)]
     assert {s.far for s in seqs} == {True, False}  # both kinds, in one batch
-    pool = LatentPool(model, SequenceSource(rng, p), rng, SimpleNamespace(pool=0))
+    pool = LatentPool(model, SequenceSource(rng, p), rng, SimpleNamespace(pool=0, amp="bf16"))
     together = pool._encode(seqs)
     for seq, (z, idx, obj, far) in zip(seqs, together, strict=True):
         ((z1, idx1, obj1, far1),) = pool._encode([seq])
         assert torch.allclose(z, z1, atol=1e-3) and far == far1 == seq.far
         assert torch.equal(idx, idx1) and torch.equal(obj, obj1) and len(idx) == 3
+
+
+def test_amp_off_keeps_the_trainers_matmuls_in_fp32():
+    layer, x = torch.nn.Linear(4, 4), torch.randn(2, 4)
+    with mixed_precision("cpu", SimpleNamespace(amp="off")):
+        assert layer(x).dtype == torch.float32
+    with mixed_precision("cpu", SimpleNamespace(amp="bf16")):
+        assert layer(x).dtype == torch.bfloat16
