@@ -6,8 +6,9 @@
 
 Prints medians over all chunks; RSS and cache bytes at minute 1 and at the last minute of
 generated video (the memory of an endless stream must not grow); the denoiser's achieved
-GFLOP/s (FLOPs counted by torch's FlopCounterMode) next to the bf16 matmul peak measured
-in this same run.
+GFLOP/s (FLOPs counted by torch's FlopCounterMode) next to the bf16 and fp32 matmul
+peaks measured in this same run. `--dtype fp32` runs the engine in fp32 (the server's
+dtype) instead of bf16 (the renderer's and the evaluator's).
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ def rss_mb() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
 def matmul_peak(dtype=torch.bfloat16, n: int = 2048, reps: int = 10) -> float:
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     for _ in range(3):
@@ -65,13 +69,15 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="checkpoint (default: shipped tiny weights)")
     ap.add_argument("--switch-every", type=float, default=20.0, help="seconds between prompts")
     add_sampling_options(ap)
+    ap.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="engine dtype")
     ap.add_argument("--json", help="write the figures here too")
     args = ap.parse_args()
     if args.minutes < 1:
         ap.error("--minutes must be at least 1: memory is sampled once a minute of video")
     torch.set_num_threads(args.threads)
     path = args.model or (DEFAULT_WEIGHTS if DEFAULT_WEIGHTS.exists() else None)
-    model = VideoModel.load(path) if path else VideoModel.from_seed(0, "tiny", torch.bfloat16)
+    dtype = DTYPES[args.dtype]
+    model = VideoModel.load(path, dtype) if path else VideoModel.from_seed(0, "tiny", dtype)
     use_sampling_options(model, args)
     stream = Stream(model, PROMPTS[0], seed=0)
     fpc, fps = stream.frames_per_chunk, stream.fps
@@ -103,11 +109,13 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in stages.items()}
     flops = denoise_flops(stream)
     peak = matmul_peak()
+    peak_fp32 = matmul_peak(torch.float32)
     achieved = flops / (med["denoise"] / 1e3) / 1e9
     first, last = memory[min(memory)], memory[max(memory)]
     result = {
         "model": str(path or "random:tiny"),
         "threads": args.threads,
+        "dtype": args.dtype,
         "guidance": stream.guidance,
         "guidance_interval": list(model.config.sampler.guidance_interval),
         "frames_per_chunk": fpc,
@@ -124,6 +132,7 @@ def main() -> None:
         "denoise_gflop_per_chunk": round(flops / 1e9, 2),
         "denoise_gflops_achieved": round(achieved, 1),
         "bf16_matmul_peak_gflops": round(peak, 1),
+        "fp32_matmul_peak_gflops": round(peak_fp32, 1),
     }
     print(json.dumps(result, indent=2))
     if args.json:
