@@ -18,6 +18,8 @@ WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "tiny.safetensors"
 PARTS = ("dit", "vae", "text")
 
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}  # compute dtypes, by CLI name
+
 
 class VideoModel(torch.nn.Module):
     """Everything a stream needs to generate; read-only while streams run."""

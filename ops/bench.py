@@ -23,7 +23,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from memory.stream import Stream
-from model.bundle import DEFAULT_WEIGHTS, VideoModel
+from model.bundle import DEFAULT_WEIGHTS, DTYPES, VideoModel
 from model.sampler import add_sampling_options, use_sampling_options
 
 PROMPTS = [
@@ -38,9 +38,6 @@ def rss_mb() -> float:
     with open("/proc/self/statm") as f:
         pages = int(f.read().split()[1])
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def matmul_peak(dtype=torch.bfloat16, n: int = 2048, reps: int = 10) -> float:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from memory.stream import follow_timeline
-from model.bundle import VideoModel
+from model.bundle import DTYPES, VideoModel
 from model.sampler import add_sampling_options, use_sampling_options
 from model.tinyworld.captions import evaluation_prompts, random_switch
 from model.tinyworld.evaluate import evaluate_frames, merge_confusion, misreadings
@@ -104,16 +104,18 @@ def main() -> None:
     ap.add_argument("--long", type=float, default=0.0, help="minutes of the long stream (0: skip)")
     add_sampling_options(ap)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="engine dtype")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    model = VideoModel.load(args.model)
+    model = VideoModel.load(args.model, DTYPES[args.dtype])
     use_sampling_options(model, args)
     t0 = time.time()
     sampler = model.config.sampler
     result = {
         "model": args.model,
+        "dtype": args.dtype,
         "steps": sampler.steps,
         "guidance": sampler.guidance,
         "guidance_interval": list(sampler.guidance_interval),
