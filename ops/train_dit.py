@@ -41,7 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.bundle import VideoModel
+from model.bundle import DTYPES, VideoModel
 from model.checkpoint import load_strict, read_checkpoint, save_checkpoint
 from model.sampler import shift_sigma, sigmas
 from model.teacher_forcing import TeacherForcingLayout
@@ -343,8 +343,8 @@ def main() -> None:
     ap.add_argument("--encode-batch", type=int, default=2, help="sequences per VAE encode")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument(
-        "--amp",
-        choices=("bf16", "off"),
+        "--dtype",
+        choices=sorted(DTYPES),
         default="bf16",
         help="bf16 autocast, or fp32 throughout (faster on CPUs without AMX)",
     )
@@ -445,9 +445,10 @@ def main() -> None:
 
 
 def mixed_precision(device_type: str, args):
-    """bf16 autocast, or fp32 throughout with --amp off: a GPU and CPUs with AMX run bf16
-    fastest, CPUs without it fp32."""
-    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=args.amp == "bf16")
+    """bf16 autocast, or fp32 throughout with --dtype fp32: a GPU and CPUs with AMX run
+    bf16 fastest, CPUs without it fp32 (the same --dtype names as the other tools)."""
+    dtype = DTYPES[args.dtype]
+    return torch.autocast(device_type, dtype=dtype, enabled=dtype != torch.float32)
 
 
 def lr_factor(run_step: int, seconds_left: float, args) -> float:

@@ -88,7 +88,7 @@ def test_the_pool_encodes_a_batch_as_it_would_encode_each_sequence_alone():
     rng = np.random.default_rng(0)
     seqs = [sample_sequence(rng, p) for _ in range(6)]
     assert {s.far for s in seqs} == {True, False}  # both kinds, in one batch
-    pool = LatentPool(model, SequenceSource(rng, p), rng, SimpleNamespace(pool=0, amp="bf16"))
+    pool = LatentPool(model, SequenceSource(rng, p), rng, SimpleNamespace(pool=0, dtype="bf16"))
     together = pool._encode(seqs)
     for seq, (z, idx, obj, far) in zip(seqs, together, strict=True):
         ((z1, idx1, obj1, far1),) = pool._encode([seq])
@@ -96,9 +96,9 @@ def test_the_pool_encodes_a_batch_as_it_would_encode_each_sequence_alone():
         assert torch.equal(idx, idx1) and torch.equal(obj, obj1) and len(idx) == 3
 
 
-def test_amp_off_keeps_the_trainers_matmuls_in_fp32():
+def test_dtype_fp32_keeps_the_trainers_matmuls_in_fp32():
     layer, x = torch.nn.Linear(4, 4), torch.randn(2, 4)
-    with mixed_precision("cpu", SimpleNamespace(amp="off")):
+    with mixed_precision("cpu", SimpleNamespace(dtype="fp32")):
         assert layer(x).dtype == torch.float32
-    with mixed_precision("cpu", SimpleNamespace(amp="bf16")):
+    with mixed_precision("cpu", SimpleNamespace(dtype="bf16")):
         assert layer(x).dtype == torch.bfloat16
