@@ -11,14 +11,13 @@ from model.checkpoint import load_strict, read_checkpoint, save_checkpoint
 from model.config import ModelConfig, preset
 from model.dit import WanModel
 from model.errors import CheckpointError
+from model.precision import resolve_dtype
 from model.text import TinyWorldTextEncoder
 from model.vae import CausalVAE
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "tiny.safetensors"
 PARTS = ("dit", "vae", "text")
-
-DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}  # compute dtypes, by CLI name
 
 
 class VideoModel(torch.nn.Module):
@@ -44,9 +43,10 @@ class VideoModel(torch.nn.Module):
 
     @classmethod
     def load(
-        cls, path: str | Path, dtype=torch.bfloat16, expect: ModelConfig | None = None
+        cls, path: str | Path, dtype: torch.dtype | None = None, expect: ModelConfig | None = None
     ) -> VideoModel:
-        """Strictly load a checkpoint written by `save` (all parts present, shapes equal)."""
+        """Strictly load a checkpoint written by `save` (all parts present, shapes equal),
+        in `dtype` (default: this machine's fast one, `resolve_dtype("auto")`)."""
         config, tensors, _ = read_checkpoint(path)
         if expect is not None and config != expect:
             raise CheckpointError(
@@ -56,7 +56,7 @@ class VideoModel(torch.nn.Module):
             )
         model = cls(config, dtype=torch.float32)
         load_strict(model, tensors, str(path))
-        model.set_dtype(dtype)
+        model.set_dtype(dtype or resolve_dtype("auto"))
         return model
 
     def set_dtype(self, dtype: torch.dtype) -> VideoModel:
@@ -72,7 +72,7 @@ class VideoModel(torch.nn.Module):
         return self
 
     @classmethod
-    def load_default(cls, dtype=torch.bfloat16) -> VideoModel:
+    def load_default(cls, dtype: torch.dtype | None = None) -> VideoModel:
         if not DEFAULT_WEIGHTS.is_file():
             raise CheckpointError(
                 f"the default weights are missing ({DEFAULT_WEIGHTS}); train them with "

@@ -7,8 +7,9 @@
 Prints medians over all chunks; RSS and cache bytes at minute 1 and at the last minute of
 generated video (the memory of an endless stream must not grow); the denoiser's achieved
 GFLOP/s (FLOPs counted by torch's FlopCounterMode) next to the bf16 and fp32 matmul
-peaks measured in this same run. `--dtype fp32` runs the engine in fp32 (the server's
-dtype) instead of bf16 (the renderer's and the evaluator's).
+peaks measured in this same run. The engine runs in the dtype the renderer and the server
+pick on this machine (`--dtype auto`: bf16 on a GPU or a CPU with AMX, else fp32);
+`--dtype bf16` or `--dtype fp32` forces one.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from memory.stream import Stream
-from model.bundle import DEFAULT_WEIGHTS, DTYPES, VideoModel
+from model.bundle import DEFAULT_WEIGHTS, VideoModel
+from model.precision import add_dtype_option, resolve_dtype
 from model.sampler import add_sampling_options, use_sampling_options
 
 PROMPTS = [
@@ -66,14 +68,14 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="checkpoint (default: shipped tiny weights)")
     ap.add_argument("--switch-every", type=float, default=20.0, help="seconds between prompts")
     add_sampling_options(ap)
-    ap.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="engine dtype")
+    add_dtype_option(ap)
     ap.add_argument("--json", help="write the figures here too")
     args = ap.parse_args()
     if args.minutes < 1:
         ap.error("--minutes must be at least 1: memory is sampled once a minute of video")
     torch.set_num_threads(args.threads)
     path = args.model or (DEFAULT_WEIGHTS if DEFAULT_WEIGHTS.exists() else None)
-    dtype = DTYPES[args.dtype]
+    dtype = resolve_dtype(args.dtype)
     model = VideoModel.load(path, dtype) if path else VideoModel.from_seed(0, "tiny", dtype)
     use_sampling_options(model, args)
     stream = Stream(model, PROMPTS[0], seed=0)
@@ -112,7 +114,7 @@ def main() -> None:
     result = {
         "model": str(path or "random:tiny"),
         "threads": args.threads,
-        "dtype": args.dtype,
+        "dtype": str(dtype).removeprefix("torch."),
         "guidance": stream.guidance,
         "guidance_interval": list(model.config.sampler.guidance_interval),
         "frames_per_chunk": fpc,

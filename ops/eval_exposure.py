@@ -24,6 +24,7 @@ import torch
 
 from memory.stream import Stream
 from model.bundle import VideoModel
+from model.precision import add_dtype_option, resolve_dtype
 from model.sampler import add_sampling_options, use_sampling_options
 from model.tinyworld.captions import evaluation_prompts
 from model.tinyworld.evaluate import evaluate_frames
@@ -49,9 +50,10 @@ def main() -> None:
     add_sampling_options(ap)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    add_dtype_option(ap, default="bf16")  # as ops/eval_model.py: the same on every CPU
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    model = VideoModel.load(args.model)
+    model = VideoModel.load(args.model, resolve_dtype(args.dtype))
     use_sampling_options(model, args)
     tally = {"true context": Counter(), "own context": Counter(), "first chunk": Counter()}
     prompts = evaluation_prompts(args.prompts, seed=args.seed)

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from memory.stream import follow_timeline
-from model.bundle import DTYPES, VideoModel
+from model.bundle import VideoModel
+from model.precision import add_dtype_option, resolve_dtype
 from model.sampler import add_sampling_options, use_sampling_options
 from model.tinyworld.captions import evaluation_prompts, random_switch
 from model.tinyworld.evaluate import evaluate_frames, merge_confusion, misreadings
@@ -104,18 +105,19 @@ def main() -> None:
     ap.add_argument("--long", type=float, default=0.0, help="minutes of the long stream (0: skip)")
     add_sampling_options(ap)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="engine dtype")
+    # bf16 by default, not "auto": figures that do not depend on the machine's CPU
+    add_dtype_option(ap, default="bf16")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    model = VideoModel.load(args.model, DTYPES[args.dtype])
+    model = VideoModel.load(args.model, resolve_dtype(args.dtype))
     use_sampling_options(model, args)
     t0 = time.time()
     sampler = model.config.sampler
     result = {
         "model": args.model,
-        "dtype": args.dtype,
+        "dtype": str(model.dtype).removeprefix("torch."),
         "steps": sampler.steps,
         "guidance": sampler.guidance,
         "guidance_interval": list(sampler.guidance_interval),

@@ -41,8 +41,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.bundle import DTYPES, VideoModel
+from model.bundle import VideoModel
 from model.checkpoint import load_strict, read_checkpoint, save_checkpoint
+from model.precision import add_dtype_option, resolve_dtype
 from model.sampler import shift_sigma, sigmas
 from model.teacher_forcing import TeacherForcingLayout
 from model.tinyworld.sequences import Sequence, SequenceParams, SequenceSource
@@ -342,12 +343,7 @@ def main() -> None:
     )
     ap.add_argument("--encode-batch", type=int, default=2, help="sequences per VAE encode")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument(
-        "--dtype",
-        choices=sorted(DTYPES),
-        default="bf16",
-        help="bf16 autocast, or fp32 throughout (faster on CPUs without AMX)",
-    )
+    add_dtype_option(ap)  # bf16: autocast; fp32: throughout (faster on CPUs without AMX)
     ap.add_argument("--device", default="cpu", help="cpu, or cuda when a GPU is lent")
     ap.add_argument("--save-every", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
@@ -445,9 +441,9 @@ def main() -> None:
 
 
 def mixed_precision(device_type: str, args):
-    """bf16 autocast, or fp32 throughout with --dtype fp32: a GPU and CPUs with AMX run
-    bf16 fastest, CPUs without it fp32 (the same --dtype names as the other tools)."""
-    dtype = DTYPES[args.dtype]
+    """bf16 autocast, or fp32 throughout with --dtype fp32; --dtype auto picks bf16 on a GPU
+    and on CPUs with AMX, where it runs fastest, and fp32 on other CPUs."""
+    dtype = resolve_dtype(args.dtype, device_type)
     return torch.autocast(device_type, dtype=dtype, enabled=dtype != torch.float32)
 
 

@@ -21,7 +21,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import torch
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
@@ -29,6 +28,7 @@ from websockets.http11 import Request, Response
 
 from model.bundle import DEFAULT_WEIGHTS, VideoModel
 from model.errors import EndlessError, PromptError
+from model.precision import resolve_dtype
 from model.tinyworld.spec import FILLER, VOCAB
 from server import protocol
 from server.config import CODECS, ServerConfig
@@ -42,17 +42,19 @@ DEFAULT_PROMPT = "a big red circle bouncing over the ocean"
 VERSION = "0.1.0"
 
 
-def load_model(spec: str) -> VideoModel:
+def load_model(spec: str, dtype: str = "auto") -> VideoModel:
     """ "tiny": the shipped weights (random init if they are absent), "random[:preset]":
-    random init, anything else: a checkpoint path."""
+    random init, anything else: a checkpoint path; in the compute dtype `dtype` names."""
+    compute = resolve_dtype(dtype)
+    log.info("model %s in %s", spec, str(compute).removeprefix("torch."))
     if spec == "tiny":
         if DEFAULT_WEIGHTS.is_file():
-            return VideoModel.load_default(dtype=torch.float32)
+            return VideoModel.load_default(compute)
         log.warning("no trained weights at %s: using a random-init tiny model", DEFAULT_WEIGHTS)
-        return VideoModel.from_seed(0, "tiny")
+        return VideoModel.from_seed(0, "tiny", dtype=compute)
     if spec == "random" or spec.startswith("random:"):
-        return VideoModel.from_seed(0, spec.partition(":")[2] or "tiny")
-    return VideoModel.load(Path(spec), dtype=torch.float32)
+        return VideoModel.from_seed(0, spec.partition(":")[2] or "tiny", dtype=compute)
+    return VideoModel.load(Path(spec), compute)
 
 
 def static_dir() -> Path:
@@ -125,7 +127,7 @@ class LiveServer:
         cfg = self.config
         self._loop = loop = asyncio.get_running_loop()
         if self.model is None:
-            self.model = await loop.run_in_executor(None, load_model, cfg.model)
+            self.model = await loop.run_in_executor(None, load_model, cfg.model, cfg.dtype)
         self.model.with_sampler(**cfg.sampler_changes())
         rewind = self.model.config.stream.rewind_chunks
         if cfg.ahead_chunks + 1 > rewind:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from model.config import SamplerConfig
 from model.errors import ConfigError
+from model.precision import DTYPE_CHOICES
 
 CODECS = {"vp8": "video/VP8", "h264": "video/H264"}
 
@@ -36,6 +37,7 @@ class ServerConfig:
     outbox_queue: int = 256  # events waiting for one websocket; when full stats are dropped
     stats_seconds: float = 1.0  # how often stats events are pushed
     torch_threads: int = 1  # intra-op threads of the one model worker
+    dtype: str = "auto"  # "auto" (bf16 on a GPU or an AMX CPU, else fp32), "bf16" or "fp32"
     connect_timeout: float = 20.0  # a viewer that has not connected by then is dropped
     # Sampling of every stream; None keeps the model's own (its checkpoint's) setting.
     steps: int | None = None  # denoising steps per chunk
@@ -52,6 +54,10 @@ class ServerConfig:
             raise ConfigError("bitrate and keyframe_seconds must be positive")
         if self.torch_threads < 1:
             raise ConfigError("torch_threads must be at least 1", value=self.torch_threads)
+        if self.dtype not in DTYPE_CHOICES:
+            raise ConfigError(
+                f"unknown dtype {self.dtype!r}; known: {', '.join(DTYPE_CHOICES)}", value=self.dtype
+            )
         SamplerConfig(**self.sampler_changes())  # ConfigError for bad steps/guidance/interval
 
     def sampler_changes(self) -> dict:

@@ -13,6 +13,7 @@ import torch
 from memory.stream import Stream
 from model.bundle import VideoModel
 from model.errors import ConfigError, RenderError
+from model.precision import resolve_dtype
 from model.storyboard import chunk_at
 from server.video_file import Mp4Writer
 
@@ -40,16 +41,18 @@ class RenderResult:
     realtime_factor: float
 
 
-def resolve_model(spec: str, threads: int | None = None) -> VideoModel:
-    """'tiny' (shipped weights), 'random:PRESET' (random init), or a checkpoint path."""
+def resolve_model(spec: str, threads: int | None = None, dtype: str = "auto") -> VideoModel:
+    """'tiny' (shipped weights), 'random:PRESET' (random init), or a checkpoint path, in
+    the compute dtype named by `dtype` ("auto", "bf16" or "fp32"; see `resolve_dtype`)."""
     if threads:
         torch.set_num_threads(threads)
+    compute = resolve_dtype(dtype)
     if spec == "tiny":
-        return VideoModel.load_default()
+        return VideoModel.load_default(compute)
     if spec.startswith("random:"):
-        return VideoModel.from_seed(0, spec.split(":", 1)[1], dtype=torch.bfloat16)
+        return VideoModel.from_seed(0, spec.split(":", 1)[1], dtype=compute)
     if Path(spec).suffix == ".safetensors" or Path(spec).exists():
-        return VideoModel.load(spec)
+        return VideoModel.load(spec, compute)
     raise ConfigError(
         f"unknown model {spec!r}: use 'tiny', 'random:PRESET' or a .safetensors path", value=spec
     )

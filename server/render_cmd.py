@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from model.errors import RenderError
+from model.precision import add_dtype_option
 from model.sampler import add_sampling_options, use_sampling_options
 from model.storyboard import load_storyboard
 from server.offline import RenderProgress, check_duration, render_video, resolve_model
@@ -29,6 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--model", default="tiny", help="'tiny' (shipped), 'random:PRESET' or a .safetensors path"
     )
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    add_dtype_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -61,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         raise RenderError(f"output folder {out.parent} does not exist", value=str(out))
     if not os.access(out.parent, os.W_OK):
         raise RenderError(f"output folder {out.parent} is not writable", value=str(out))
-    model = resolve_model(args.model, args.threads)
+    model = resolve_model(args.model, args.threads, args.dtype)
     use_sampling_options(model, args)
     for _, text in timeline:
         model.text.encode_strict(text)

@@ -9,6 +9,7 @@ import signal
 
 import uvloop
 
+from model.precision import add_dtype_option
 from model.sampler import add_sampling_options, sampling_changes
 from server.config import CODECS, ServerConfig
 
@@ -60,6 +61,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=d.torch_threads,
         help="torch threads of the model worker (default %(default)s)",
     )
+    add_dtype_option(p, default=d.dtype)
     add_sampling_options(p)  # for every stream
     p.add_argument("--log-level", default="INFO")
 
@@ -76,6 +78,7 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         max_streams=args.max_streams,
         grace_seconds=args.grace,
         torch_threads=args.threads,
+        dtype=args.dtype,
         **sampling_changes(args),
     )
 

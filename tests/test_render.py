@@ -144,6 +144,8 @@ def test_cli_reports_errors_and_renders_storyboards(tmp_path, capsys):
                 "random:micro",
                 "--threads",
                 "1",
+                "--dtype",
+                "fp32",
                 "--quiet",
                 "-o",
                 str(out),
