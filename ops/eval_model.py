@@ -17,6 +17,7 @@ import json
 import os
 import statistics
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -42,6 +43,21 @@ def weighted(reports, key: str, count: str) -> dict[str, float | None]:
         total = sum(c for _, c in pairs)
         out[name] = sum(v * c for v, c in pairs) / total if total else None
     return out
+
+
+def by_chunks_since_prompt(reports) -> list[dict[str, float | None]]:
+    """Adherence of the i-th chunk under a prompt (0: the first after a start or a switch),
+    over all reports: where in a prompt's life the model errs."""
+    depth = max((len(r.chunks_since_prompt) for r in reports), default=0)
+    views = [
+        [
+            SimpleNamespace(rates=r.adherence_since_prompt[i], n=r.chunks_since_prompt[i])
+            for r in reports
+            if i < len(r.chunks_since_prompt)
+        ]
+        for i in range(depth)
+    ]
+    return [weighted(v, "rates", "n") | {"chunks": sum(x.n for x in v)} for v in views]
 
 
 def prompt_set(n: int, seconds: float, seed: int):
@@ -75,6 +91,7 @@ def short_clips(model, args) -> dict:
         "switch_position_jumps_measured": len(jumps),
         "most_misread": misreadings(confusion),
         "confusion": confusion,
+        "adherence_since_prompt": by_chunks_since_prompt(reports),
     }
 
 
@@ -94,6 +111,7 @@ def long_horizon(model, args) -> dict:
         "per_minute": per_minute,  # every attribute, minute by minute
         "brightness_per_minute": b,
         "brightness_drift": abs(b[-1] - b[0]) / max(b[0], 1e-9) if len(b) > 1 else None,
+        "adherence_since_prompt": by_chunks_since_prompt([whole]),
     }
 
 

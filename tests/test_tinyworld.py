@@ -240,6 +240,18 @@ def test_adherence_is_scored_minute_by_minute():
     assert [m["all"] for m in followed.adherence_per_minute] == [1.0, 1.0]
 
 
+def test_adherence_is_scored_by_chunks_since_the_prompt():
+    """A switch drawn one chunk (0.5 s) late fails only the first chunk under the new prompt."""
+    first = "a big red circle bouncing over the ocean"
+    late = render_timeline([(0.0, first), (2.5, "blue")], 4.0, size=64, seed=3)
+    report = evaluate.evaluate_frames(late, [(0.0, first), (2.0, "blue")])
+    assert report.chunks_since_prompt == [2, 2, 2, 2]  # chunks 0-3 under each prompt
+    assert [m["all"] for m in report.adherence_since_prompt] == [0.5, 1.0, 1.0, 1.0]
+    assert report.adherence_since_prompt[0]["colour"] == 0.5
+    assert report.adherence_since_prompt[0]["background"] == 1.0
+    assert "by chunks since the prompt: 50.0%, 100.0%, 100.0%, 100.0%" in report.summary()
+
+
 def test_mp4_round_trip_through_cli(tmp_path, capsys):
     """An H.264 yuv420p MP4 decoded back still scores >= 95% via `endless evaluate`."""
     prompts = captions.evaluation_prompts(14, seed=9)

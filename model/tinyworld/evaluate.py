@@ -332,6 +332,9 @@ class Report:
     brightness_per_minute: list[float] = field(default_factory=list)
     adherence_per_minute: list[dict[str, float | None]] = field(default_factory=list)
     confusion: Confusion = field(default_factory=dict)
+    # entry i: chunks that began i chunks after their prompt did (0: the first one under it)
+    adherence_since_prompt: list[dict[str, float | None]] = field(default_factory=list)
+    chunks_since_prompt: list[int] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -359,6 +362,11 @@ class Report:
         if len(self.adherence_per_minute) > 1:
             a = ", ".join(pct(m["all"]).strip() for m in self.adherence_per_minute)
             lines.append(f"all-attribute adherence per minute: {a}")
+        if self.adherence_since_prompt:
+            shown = self.adherence_since_prompt[:8]
+            a = ", ".join(pct(m["all"]).strip() for m in shown)
+            more = ", ..." if len(self.adherence_since_prompt) > len(shown) else ""
+            lines.append(f"all-attribute adherence by chunks since the prompt: {a}{more}")
         return "\n".join(lines)
 
 
@@ -473,12 +481,14 @@ def evaluate_frames(
     per_minute = 60 * fps
     total, held, seen = _Tally(), _Tally(), _Tally()
     minute_tallies = [_Tally() for _ in range(-(-n // per_minute))]
+    since_prompt: list[_Tally] = []
     confusion: Confusion = {}
     for seg in segments:
         asked = seg.asked
         triple = (asked.colour, asked.shape, asked.background)
         split = None if None in triple else held if is_held_out(*triple) else seen
-        for k in range(-(-seg.start // c), seg.end // c):
+        first = -(-seg.start // c)
+        for k in range(first, seg.end // c):
             match = _matches(chunk_reads[k], asked)
             for attr in match:
                 read = chunk_reads[k][attr] or "none"
@@ -488,6 +498,9 @@ def evaluate_frames(
                 minute_tallies[k * c // per_minute].add(match)
                 if split is not None:
                     split.add(match)
+                while len(since_prompt) <= k - first:
+                    since_prompt.append(_Tally())
+                since_prompt[k - first].add(match)
     switches = [
         _switch_result(prev, seg, chunk_reads, reads, c)
         for prev, seg in zip(segments, segments[1:], strict=False)
@@ -508,6 +521,8 @@ def evaluate_frames(
         brightness_per_minute=minutes,
         adherence_per_minute=[t.rates() for t in minute_tallies],
         confusion=confusion,
+        adherence_since_prompt=[t.rates() for t in since_prompt],
+        chunks_since_prompt=[t.n["all"] for t in since_prompt],
     )
 
 
