@@ -324,6 +324,7 @@ class LiveServer:
             "codec": cfg.codec,
             "default_prompt": DEFAULT_PROMPT,
             "sampling": mc.sampler.sampling(),
+            "dtype": str(self.model.dtype).removeprefix("torch."),  # compute precision
             "vocabulary": {k: list(v) for k, v in VOCAB.items()},
             "filler": sorted(FILLER),
             "limits": {

@@ -94,6 +94,7 @@ async def test_server_sampling_settings_reach_hello_and_every_stream(
     server = await live_server(model=guided, bitrate=1_500_000, **settings)
     s = await session(server.ws_url)
     assert s.hello["sampling"] == {**settings, "guidance_interval": [0.5, 1.0]}
+    assert s.hello["dtype"] == "float32"  # the model's compute precision (--dtype)
     viewer = await s.watch((await s.create(A))["stream"])
     await viewer.wait_index(36, timeout(20))
 
