@@ -26,11 +26,16 @@ def cpu_has_amx(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
 def resolve_dtype(name: str, device: str = "cpu") -> torch.dtype:
     """The compute dtype a --dtype name stands for. "auto" is bf16 where bf16 matrix
     products are the fast path (a CUDA GPU, a CPU with AMX) and fp32 on other CPUs, where
-    bf16 ran at about half fp32's speed (README, "Precision")."""
+    bf16 ran at about half fp32's speed (README, Engine: "dtype follows the CPU")."""
     if name != "auto":
         return DTYPES[name]
     fast_bf16 = torch.device(device).type == "cuda" or cpu_has_amx()
     return torch.bfloat16 if fast_bf16 else torch.float32
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """ "float32" or "bfloat16": how reports and `hello` name a compute dtype."""
+    return str(dtype).removeprefix("torch.")
 
 
 def add_dtype_option(parser: argparse.ArgumentParser, default: str = "auto") -> None:

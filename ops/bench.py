@@ -25,7 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from memory.stream import Stream
 from model.bundle import DEFAULT_WEIGHTS, VideoModel
-from model.precision import add_dtype_option, resolve_dtype
+from model.precision import add_dtype_option, dtype_name, resolve_dtype
 from model.sampler import add_sampling_options, use_sampling_options
 
 PROMPTS = [
@@ -114,7 +114,7 @@ def main() -> None:
     result = {
         "model": str(path or "random:tiny"),
         "threads": args.threads,
-        "dtype": str(dtype).removeprefix("torch."),
+        "dtype": dtype_name(dtype),
         "guidance": stream.guidance,
         "guidance_interval": list(model.config.sampler.guidance_interval),
         "frames_per_chunk": fpc,

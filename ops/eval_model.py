@@ -17,47 +17,46 @@ import json
 import os
 import statistics
 import time
-from types import SimpleNamespace
 
 import numpy as np
 import torch
 
 from memory.stream import follow_timeline
 from model.bundle import VideoModel
-from model.precision import add_dtype_option, resolve_dtype
+from model.precision import add_dtype_option, dtype_name, resolve_dtype
 from model.sampler import add_sampling_options, use_sampling_options
 from model.tinyworld.captions import evaluation_prompts, random_switch
 from model.tinyworld.evaluate import evaluate_frames, merge_confusion, misreadings
 from model.tinyworld.spec import parse_prompt
 
 
-def weighted(reports, key: str, count: str) -> dict[str, float | None]:
+def pooled(parts: list[tuple[dict[str, float | None], int]]) -> dict[str, float | None]:
+    """Rates of several (rates, chunk count) parts pooled into one, weighted by count."""
     out = {}
-    names = set().union(*(getattr(r, key).keys() for r in reports))
-    for name in sorted(names):
-        pairs = [
-            (getattr(r, key)[name], getattr(r, count))
-            for r in reports
-            if getattr(r, key).get(name) is not None and getattr(r, count)
-        ]
-        total = sum(c for _, c in pairs)
-        out[name] = sum(v * c for v, c in pairs) / total if total else None
+    for name in sorted(set().union(*(rates.keys() for rates, _ in parts))):
+        pairs = [(rates[name], n) for rates, n in parts if rates.get(name) is not None and n]
+        total = sum(n for _, n in pairs)
+        out[name] = sum(v * n for v, n in pairs) / total if total else None
     return out
+
+
+def weighted(reports, key: str, count: str) -> dict[str, float | None]:
+    return pooled([(getattr(r, key), getattr(r, count)) for r in reports])
 
 
 def by_chunks_since_prompt(reports) -> list[dict[str, float | None]]:
     """Adherence of the i-th chunk under a prompt (0: the first after a start or a switch),
     over all reports: where in a prompt's life the model errs."""
     depth = max((len(r.chunks_since_prompt) for r in reports), default=0)
-    views = [
-        [
-            SimpleNamespace(rates=r.adherence_since_prompt[i], n=r.chunks_since_prompt[i])
+    out = []
+    for i in range(depth):
+        parts = [
+            (r.adherence_since_prompt[i], r.chunks_since_prompt[i])
             for r in reports
             if i < len(r.chunks_since_prompt)
         ]
-        for i in range(depth)
-    ]
-    return [weighted(v, "rates", "n") | {"chunks": sum(x.n for x in v)} for v in views]
+        out.append(pooled(parts) | {"chunks": sum(n for _, n in parts)})
+    return out
 
 
 def prompt_set(n: int, seconds: float, seed: int):
@@ -135,7 +134,7 @@ def main() -> None:
     sampler = model.config.sampler
     result = {
         "model": args.model,
-        "dtype": str(model.dtype).removeprefix("torch."),
+        "dtype": dtype_name(model.dtype),
         "steps": sampler.steps,
         "guidance": sampler.guidance,
         "guidance_interval": list(sampler.guidance_interval),

@@ -28,7 +28,7 @@ from websockets.http11 import Request, Response
 
 from model.bundle import DEFAULT_WEIGHTS, VideoModel
 from model.errors import EndlessError, PromptError
-from model.precision import resolve_dtype
+from model.precision import dtype_name, resolve_dtype
 from model.tinyworld.spec import FILLER, VOCAB
 from server import protocol
 from server.config import CODECS, ServerConfig
@@ -46,7 +46,7 @@ def load_model(spec: str, dtype: str = "auto") -> VideoModel:
     """ "tiny": the shipped weights (random init if they are absent), "random[:preset]":
     random init, anything else: a checkpoint path; in the compute dtype `dtype` names."""
     compute = resolve_dtype(dtype)
-    log.info("model %s in %s", spec, str(compute).removeprefix("torch."))
+    log.info("model %s in %s", spec, dtype_name(compute))
     if spec == "tiny":
         if DEFAULT_WEIGHTS.is_file():
             return VideoModel.load_default(compute)
@@ -324,7 +324,7 @@ class LiveServer:
             "codec": cfg.codec,
             "default_prompt": DEFAULT_PROMPT,
             "sampling": mc.sampler.sampling(),
-            "dtype": str(self.model.dtype).removeprefix("torch."),  # compute precision
+            "dtype": dtype_name(self.model.dtype),  # compute precision
             "vocabulary": {k: list(v) for k, v in VOCAB.items()},
             "filler": sorted(FILLER),
             "limits": {
