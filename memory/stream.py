@@ -83,6 +83,10 @@ class Stream:
         self._timeline: list[tuple[int, EncodedPrompt]] = []
         self._decoder_states: dict[int, list] = {}  # chunk -> decoder carry before it
         self._recached_at: list[int] = []  # chunks whose generation began with a re-cache
+        # Warm-up (the sampler's warmup_chunks): chunks -N..-1, made before chunk 0 and
+        # never shown; their latent frames sit before chunk 0's in the cache.
+        self._warm_frames = 0
+        self._warm_prompt: EncodedPrompt | None = None
         self.chunk_index = 0
         self.stats = StreamStats(cache_bytes=self.cache.nbytes)
         self.set_prompt(prompt, at_chunk=0)
@@ -129,8 +133,8 @@ class Stream:
     # -- rewinding -----------------------------------------------------------------------
     @property
     def min_rewind_chunk(self) -> int:
-        head = self.chunk_index * self.chunk_frames
-        return -(-self.policy.min_rewind(head) // self.chunk_frames)
+        frame = self.policy.min_rewind(self.cache.head) - self._warm_frames
+        return max(0, -(-frame // self.chunk_frames))
 
     def rewind(self, chunk: int) -> None:
         """Forget chunks >= chunk; the next next_chunk() generates `chunk` again."""
@@ -139,12 +143,14 @@ class Stream:
                 f"can rewind to chunks {self.min_rewind_chunk}..{self.chunk_index}, not {chunk}",
                 value=chunk,
             )
-        self.cache.rewind(chunk * self.chunk_frames)
+        self.cache.rewind(self._warm_frames + chunk * self.chunk_frames)
         if any(c >= chunk for c in self._recached_at):
             # a re-cache at or after `chunk` rewrote the context's keys/values: redo it
             self.cache.prompt_key = None
         elif chunk > 0:
             self.cache.prompt_key = self._prompt_at(chunk - 1)
+        elif self._warm_frames:  # the warm-up stays: chunk 0 follows it as before
+            self.cache.prompt_key = self._warm_prompt
         self._recached_at = [c for c in self._recached_at if c < chunk]
         self.chunk_index = chunk
 
@@ -166,8 +172,27 @@ class Stream:
 
     @torch.no_grad()
     def plan(self) -> ChunkPlan:
-        k = self.chunk_index
-        prompt = self._prompt_at(k)
+        if self.chunk_index == 0 and self.cache.head == 0:
+            self._warm_up()
+        return self._plan(self.chunk_index)
+
+    def _warm_up(self) -> None:
+        """Generate, cache and drop the sampler's `warmup_chunks` chunks before chunk 0
+        (under chunk 0's prompt, guided as the stream is), so that the first chunk shown
+        already follows a path in its context instead of starting from nothing."""
+        n = self.sampler.cfg.warmup_chunks
+        if not n:
+            return
+        t0 = time.perf_counter()
+        self._warm_prompt = self._prompt_at(0)
+        self._warm_frames = n * self.chunk_frames
+        for k in range(-n, 0):
+            plan = self._plan(k)
+            self.commit(plan, self.denoise(plan))
+        self.stats.ms["warmup"] = (time.perf_counter() - t0) * 1e3
+
+    def _plan(self, k: int) -> ChunkPlan:
+        prompt = self._warm_prompt if k < 0 else self._prompt_at(k)
         t0 = time.perf_counter()
         if self.cache.prompt_key is not prompt:
             if self._recache(prompt):
@@ -210,9 +235,10 @@ class Stream:
 
     def guidance_at(self, chunk: int) -> float:
         """The guidance scale of `chunk`: the stream's, or 1 (off) once the sampler's
-        `guidance_chunks` chunks have passed since the prompt in force began."""
+        `guidance_chunks` chunks have passed since the prompt in force began (warm-up
+        chunks, before chunk 0, are guided)."""
         n = self.sampler.cfg.guidance_chunks
-        if n and chunk - self._prompt_start(chunk) >= n:
+        if n and chunk >= 0 and chunk - self._prompt_start(chunk) >= n:
             return 1.0
         return self.guidance
 

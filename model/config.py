@@ -69,6 +69,9 @@ def check_sampling(steps: object, guidance: object) -> None:
         raise ConfigError(f"guidance must be a finite number >= 0, got {guidance!r}", guidance)
 
 
+MAX_WARMUP_CHUNKS = 16  # each one delays a stream's first frame by a chunk's compute
+
+
 @dataclass(frozen=True)
 class SamplerConfig:
     steps: int = 4  # flow-matching Euler steps per chunk
@@ -82,6 +85,12 @@ class SamplerConfig:
     # every chunk). Guidance matters most while the context does not yet show the prompt;
     # after that the context carries it, and unguided chunks cost half as much.
     guidance_chunks: int = 0
+    # Chunks generated before a stream's first shown chunk, cached as its context and never
+    # shown. A stream's very first chunk is made from nothing and is its weakest (the
+    # object's path is least settled: TinyWorld's shipped model reads 56% all-attribute on
+    # it against 76-90% on the chunks after it), so the shown stream starts once the
+    # context holds a path. Paid once per stream, in time to the first frame.
+    warmup_chunks: int = 0
     context_noise: float = 0.0  # noise level (sigma) at which finished chunks are cached
 
     def sampling(self) -> dict:
@@ -91,13 +100,17 @@ class SamplerConfig:
             "guidance": self.guidance,
             "guidance_interval": list(self.guidance_interval),
             "guidance_chunks": self.guidance_chunks,
+            "warmup_chunks": self.warmup_chunks,
         }
 
     def __post_init__(self):
         check_sampling(self.steps, self.guidance)
-        n = self.guidance_chunks
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ConfigError(f"guidance_chunks must be a whole number >= 0, got {n!r}", n)
+        for name, most in (("guidance_chunks", None), ("warmup_chunks", MAX_WARMUP_CHUNKS)):
+            n = getattr(self, name)
+            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+                raise ConfigError(f"{name} must be a whole number >= 0, got {n!r}", n)
+            if most is not None and n > most:
+                raise ConfigError(f"{name} must be at most {most}, got {n}", n)
         lo, hi = self.guidance_interval
         if not 0.0 <= lo <= hi <= 1.0:
             raise ConfigError(

@@ -61,7 +61,7 @@ class FlowSampler:
 
 def add_sampling_options(parser: argparse.ArgumentParser) -> None:
     """The sampling flags every command-line tool shares (`--steps`, `--guidance`,
-    `--guidance-interval LO HI`, `--guidance-chunks N`); unset flags keep the model's
+    `--guidance-interval LO HI`, `--guidance-chunks N`, `--warmup-chunks N`); unset flags keep the model's
     settings (see `sampling_changes`)."""
     parser.add_argument(
         "--steps", type=int, help="denoising steps per chunk (default: the model's)"
@@ -86,12 +86,20 @@ def add_sampling_options(parser: argparse.ArgumentParser) -> None:
         help="apply guidance only to the first N chunks after the start and each prompt "
         "change (0: every chunk; default: the model's)",
     )
+    parser.add_argument(
+        "--warmup-chunks",
+        type=int,
+        metavar="N",
+        help="generate N chunks before a stream's first shown chunk and show none of them "
+        "(a steadier start for N chunks' compute before the first frame; default: the "
+        "model's)",
+    )
 
 
 def sampling_changes(args: argparse.Namespace) -> dict:
     """The sampler settings given by the flags of `add_sampling_options`."""
     changes = {}
-    for name in ("steps", "guidance", "guidance_chunks"):
+    for name in ("steps", "guidance", "guidance_chunks", "warmup_chunks"):
         if getattr(args, name, None) is not None:
             changes[name] = getattr(args, name)
     if args.guidance_interval:

@@ -55,6 +55,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model = VideoModel.load(args.model, resolve_dtype(args.dtype))
     use_sampling_options(model, args)
+    if args.warmup_chunks is None:  # "first chunk" means made from nothing, unless asked
+        model.with_sampler(warmup_chunks=0)
     tally = {"true context": Counter(), "own context": Counter(), "first chunk": Counter()}
     prompts = evaluation_prompts(args.prompts, seed=args.seed)
     for i, prompt in enumerate(prompts):

@@ -44,6 +44,7 @@ class ServerConfig:
     guidance: float | None = None  # classifier-free guidance scale (1: off)
     guidance_interval: tuple[float, float] | None = None  # noise levels that get guidance
     guidance_chunks: int | None = None  # guide only N chunks after each start/switch (0: all)
+    warmup_chunks: int | None = None  # chunks made before a stream's first shown one
 
     def __post_init__(self) -> None:
         if self.codec not in CODECS:
@@ -62,7 +63,7 @@ class ServerConfig:
 
     def sampler_changes(self) -> dict:
         """The sampler settings this config overrides (for `VideoModel.with_sampler`)."""
-        names = ("steps", "guidance", "guidance_interval", "guidance_chunks")
+        names = ("steps", "guidance", "guidance_interval", "guidance_chunks", "warmup_chunks")
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
     @property

@@ -328,3 +328,80 @@ def test_guidance_chunks_guide_only_the_chunks_after_a_start_or_switch():
         hook.remove()
     with pytest.raises(ConfigError, match="guidance_chunks"):
         SamplerConfig(guidance_chunks=-1)
+
+
+def warm_model(chunks: int) -> VideoModel:
+    """A fresh micro model (with_sampler changes it in place) that warms up `chunks`."""
+    return VideoModel.from_seed(0, "micro").set_dtype(torch.float32).with_sampler(
+        warmup_chunks=chunks
+    )
+
+
+def count_dit_calls(model: VideoModel) -> tuple[list[int], object]:
+    calls = [0]
+    hook = model.dit.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls, hook
+
+
+def test_warmup_chunks_are_generated_and_cached_but_never_shown():
+    """With warmup_chunks=2 the first next_chunk() makes three chunks (two hidden, each
+    attended to by what follows) and returns only the third: one chunk's frames, chunk
+    index 1, the cache three chunks deep; later chunks cost one chunk each."""
+    model = warm_model(2)
+    cold = Stream(warm_model(0), PROMPT, seed=3)
+    s = Stream(model, PROMPT, seed=3)
+    per_chunk = s.steps + 1  # denoising passes plus the pass that caches its keys/values
+    calls, hook = count_dit_calls(model)
+    try:
+        first = s.next_chunk()
+        assert calls[0] == 3 * per_chunk
+        assert first.shape[0] == s.frames_per_chunk and s.chunk_index == 1
+        assert s.cache.head == 3 * s.chunk_frames
+        assert s.stats.ms["warmup"] > 0
+        s.next_chunk()
+        assert calls[0] == 4 * per_chunk
+    finally:
+        hook.remove()
+    assert not np.array_equal(first, cold.next_chunk())  # chunk 0 saw the warm-up
+
+
+def test_warmup_keeps_rewinds_and_their_horizon_in_shown_chunks():
+    """Chunk numbers count shown chunks only: a warm stream can rewind exactly as far as
+    a cold one, regenerates identically, and a rewind to chunk 0 keeps the warm-up."""
+    warm, cold = Stream(warm_model(2), PROMPT, seed=9), Stream(warm_model(0), PROMPT, seed=9)
+    shown = []
+    for _ in range(7):
+        shown.append(warm.next_chunk())
+        cold.next_chunk()
+        assert warm.min_rewind_chunk == cold.min_rewind_chunk
+    warm.rewind(warm.min_rewind_chunk)
+    k = warm.chunk_index
+    assert np.array_equal(warm.next_chunk(), shown[k])
+    early = Stream(warm_model(2), PROMPT, seed=9)
+    again = [early.next_chunk() for _ in range(2)]
+    early.rewind(0)
+    assert early.cache.head == 2 * early.chunk_frames  # the warm-up stays
+    assert np.array_equal(early.next_chunk(), again[0])
+
+
+def test_a_prompt_set_at_chunk_0_after_the_warmup_recaches_it():
+    """The warm-up is made under chunk 0's prompt; a prompt changed at chunk 0 afterwards
+    (rewind + set_prompt, the server's instant switch) re-caches it under the new one, so
+    chunk 0 becomes the new prompt's first chunk, as after any switch."""
+    s = Stream(warm_model(1), PROMPT, seed=4)
+    before = s.next_chunk()
+    s.rewind(0)
+    s.set_prompt(OTHER, at_chunk=0)
+    after = s.next_chunk()
+    assert s.stats.ms["recache"] > 0 and s._recached_at == [0]
+    assert not np.array_equal(before, after)
+    s.rewind(0)
+    s.set_prompt(PROMPT, at_chunk=0)
+    back = s.next_chunk().astype(int)  # re-cached back under the warm-up's own prompt
+    assert np.abs(back - before).max() <= 1
+
+
+@pytest.mark.parametrize("n", [-1, 17, 1.5, True])
+def test_sampler_config_rejects_a_bad_warmup(n):
+    with pytest.raises(ConfigError, match="warmup_chunks"):
+        SamplerConfig(warmup_chunks=n)

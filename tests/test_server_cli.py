@@ -50,6 +50,7 @@ def test_serve_refuses_bad_sampling_settings_with_a_clear_error():
         (["--steps", "0"], "steps must be"),
         (["--guidance", "nan"], "guidance must be"),
         (["--guidance-chunks", "-1"], "guidance_chunks must be"),
+        (["--warmup-chunks", "99"], "warmup_chunks must be at most"),
     ):
         done = subprocess.run(
             [sys.executable, "-m", "server.cli", "serve", "--port", "0", *args],
