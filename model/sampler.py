@@ -61,8 +61,8 @@ class FlowSampler:
 
 def add_sampling_options(parser: argparse.ArgumentParser) -> None:
     """The sampling flags every command-line tool shares (`--steps`, `--guidance`,
-    `--guidance-interval LO HI`, `--guidance-chunks N`, `--warmup-chunks N`); unset flags keep the model's
-    settings (see `sampling_changes`)."""
+    `--guidance-interval LO HI`, `--guidance-chunks N`, `--warmup-chunks N`); unset flags
+    keep the model's settings (see `sampling_changes`)."""
     parser.add_argument(
         "--steps", type=int, help="denoising steps per chunk (default: the model's)"
     )

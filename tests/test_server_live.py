@@ -87,8 +87,9 @@ async def test_server_sampling_settings_reach_hello_and_every_stream(
     live_server, session, tiny_model
 ):
     """Sampling set on the server (`endless serve --steps 2 --guidance 4
-    --guidance-interval 0.5 1 --guidance-chunks 2 --warmup-chunks 1`) is announced in hello, and a stream's
-    frames are the ones it makes: nearer them than the model's default sampling."""
+    --guidance-interval 0.5 1 --guidance-chunks 2 --warmup-chunks 1`) is announced in
+    hello, and a stream's frames are the ones it makes: nearer them than the model's
+    default sampling."""
     guided = prompt_sensitive(VideoModel.from_seed(0, "tiny"))
     settings = {
         "steps": 2,
