@@ -332,8 +332,8 @@ def test_guidance_chunks_guide_only_the_chunks_after_a_start_or_switch():
 
 def warm_model(chunks: int) -> VideoModel:
     """A fresh micro model (with_sampler changes it in place) that warms up `chunks`."""
-    return VideoModel.from_seed(0, "micro").set_dtype(torch.float32).with_sampler(
-        warmup_chunks=chunks
+    return (
+        VideoModel.from_seed(0, "micro").set_dtype(torch.float32).with_sampler(warmup_chunks=chunks)
     )
 
 
