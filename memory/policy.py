@@ -36,25 +36,34 @@ class CachePolicy(ABC):
 
 @dataclass
 class SinkRollingWindow(CachePolicy):
-    """First `sink` frames pinned; last `window` frames rolling; `margin` extra for rewind."""
+    """`sink` frames pinned from frame `sink_start` on; the last `window` frames rolling;
+    `margin` extra for rewind. With sink_start > 0 (a stream's warm-up, never shown, comes
+    first) the sink pins the first frames shown, and the warm-up only passes through the
+    window."""
 
     sink: int
     window: int
     margin: int
+    sink_start: int = 0
 
     def __post_init__(self):
         self.ring = self.window + self.margin
         self.slots = self.sink + self.ring
 
+    def _pinned(self, g: int) -> bool:
+        return self.sink_start <= g < self.sink_start + self.sink
+
     def slot_for(self, g: int) -> int | None:
-        if g < self.sink:
-            return g
-        return self.sink + (g - self.sink) % self.ring
+        if self._pinned(g):
+            return g - self.sink_start
+        # the unpinned frames, numbered without the sink's gap, take the ring in turn
+        u = g if g < self.sink_start else g - self.sink
+        return self.sink + u % self.ring
 
     def context(self, head: int) -> list[int]:
-        sink = list(range(min(self.sink, head)))
-        start = max(self.sink, head - self.window)
-        return sink + list(range(start, head))
+        sink = range(self.sink_start, min(self.sink_start + self.sink, head))
+        recent = range(max(0, head - self.window), head)
+        return sorted(set(sink) | set(recent))
 
     def min_rewind(self, head: int) -> int:
         return max(0, head - self.margin)

@@ -74,6 +74,8 @@ class Stream:
             sink=sc.sink_latent_frames,
             window=sc.window_latent_frames,
             margin=sc.rewind_chunks * sc.chunk_latent_frames,
+            # the sink pins the first chunk shown, not the warm-up before it
+            sink_start=self.sampler.cfg.warmup_chunks * sc.chunk_latent_frames,
         )
         layout = CacheLayout.for_model(
             model.dit, cfg.vae.z_dim, self.latent_h, self.latent_w, model.dtype

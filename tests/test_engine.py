@@ -405,3 +405,33 @@ def test_a_prompt_set_at_chunk_0_after_the_warmup_recaches_it():
 def test_sampler_config_rejects_a_bad_warmup(n):
     with pytest.raises(ConfigError, match="warmup_chunks"):
         SamplerConfig(warmup_chunks=n)
+
+
+@pytest.mark.parametrize("sink_start", [0, 6])
+def test_sink_window_slots_never_collide_and_the_sink_stays(sink_start):
+    """Every frame a chunk attends to, or a rewind may return to, has its own slot; the
+    pinned frames (from sink_start) stay in every context once made, and frames before
+    them (a warm-up) leave with the window like any other."""
+    p = SinkRollingWindow(sink=3, window=6, margin=12, sink_start=sink_start)
+    pinned = set(range(sink_start, sink_start + 3))
+    for head in range(1, 300):
+        live = set(p.context(head)) | set(range(p.min_rewind(head), head))
+        slots = [p.slot_for(g) for g in live]
+        assert len(set(slots)) == len(slots) and all(0 <= s < p.slots for s in slots)
+        ctx = p.context(head)
+        assert ctx == sorted(ctx) and set(range(max(0, head - 6), head)) <= set(ctx)
+        assert pinned & set(range(head)) <= set(ctx)
+        assert len(ctx) <= 9
+    assert p.context(300)[:3] == sorted(pinned)
+
+
+def test_a_warm_stream_pins_its_first_shown_chunk_as_the_sink():
+    """After the warm-up has left the window, the context is the first shown chunk (the
+    sink) plus the latest frames: no frame of the warm-up is attended to any more."""
+    s = Stream(warm_model(2), PROMPT, seed=1)
+    cf = s.chunk_frames
+    for _ in range(8):
+        s.next_chunk()
+    ctx = s.cache.context_frames()
+    assert ctx[:cf] == list(range(2 * cf, 3 * cf))  # chunk 0, the first one shown
+    assert min(ctx) == 2 * cf and len(ctx) == cf + s.policy.window
