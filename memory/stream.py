@@ -75,7 +75,7 @@ class Stream:
             window=sc.window_latent_frames,
             margin=sc.rewind_chunks * sc.chunk_latent_frames,
             # the sink pins the first chunk shown, not the warm-up before it
-            sink_start=self.sampler.cfg.warmup_chunks * sc.chunk_latent_frames,
+            sink_start=cfg.sampler.warmup_chunks * sc.chunk_latent_frames,
         )
         layout = CacheLayout.for_model(
             model.dit, cfg.vae.z_dim, self.latent_h, self.latent_w, model.dtype
@@ -87,7 +87,7 @@ class Stream:
         self._recached_at: list[int] = []  # chunks whose generation began with a re-cache
         # Warm-up (the sampler's warmup_chunks): chunks -N..-1, made before chunk 0 and
         # never shown; their latent frames sit before chunk 0's in the cache.
-        self._warm_frames = 0
+        self._warm_frames = self.sampler.cfg.warmup_chunks * self.chunk_frames
         self._warm_prompt: EncodedPrompt | None = None
         self.chunk_index = 0
         self.stats = StreamStats(cache_bytes=self.cache.nbytes)
@@ -174,24 +174,30 @@ class Stream:
 
     @torch.no_grad()
     def plan(self) -> ChunkPlan:
-        if self.chunk_index == 0 and self.cache.head == 0:
-            self._warm_up()
+        while self.warming:
+            self.warm_up_step()
         return self._plan(self.chunk_index)
 
-    def _warm_up(self) -> None:
-        """Generate, cache and drop the sampler's `warmup_chunks` chunks before chunk 0
-        (under chunk 0's prompt, guided as the stream is), so that the first chunk shown
-        already follows a path in its context instead of starting from nothing."""
-        n = self.sampler.cfg.warmup_chunks
-        if not n:
-            return
+    @property
+    def warming(self) -> bool:
+        """Whether warm-up chunks remain to be made before chunk 0 (see warm_up_step)."""
+        return self.chunk_index == 0 and self.cache.head < self._warm_frames
+
+    @torch.no_grad()
+    def warm_up_step(self) -> None:
+        """Generate and cache the next of the sampler's `warmup_chunks` chunks before
+        chunk 0 (under chunk 0's prompt, guided as the stream is) and drop its frames, so
+        that the first chunk shown follows a path in its context instead of starting from
+        nothing. `plan()` makes those left; a scheduler may make them one at a time."""
         t0 = time.perf_counter()
-        self._warm_prompt = self._prompt_at(0)
-        self._warm_frames = n * self.chunk_frames
-        for k in range(-n, 0):
-            plan = self._plan(k)
-            self.commit(plan, self.denoise(plan))
-        self.stats.ms["warmup"] = (time.perf_counter() - t0) * 1e3
+        first = self.cache.head == 0
+        if first:
+            self._warm_prompt = self._prompt_at(0)
+        k = (self.cache.head - self._warm_frames) // self.chunk_frames  # -N .. -1
+        plan = self._plan(k)
+        self.commit(plan, self.denoise(plan))
+        spent = 0.0 if first else self.stats.ms.get("warmup", 0.0)
+        self.stats.ms["warmup"] = spent + (time.perf_counter() - t0) * 1e3  # all of it
 
     def _plan(self, k: int) -> ChunkPlan:
         prompt = self._warm_prompt if k < 0 else self._prompt_at(k)
@@ -263,7 +269,7 @@ class Stream:
         video, state = self.model.vae.decode(latents, state)
         frames = tensor_to_frames(video)
         self._decoder_states[plan.chunk + 1] = state
-        self.chunk_index = plan.chunk + 1
+        self.chunk_index = max(0, plan.chunk + 1)  # warm-up chunks (< 0) are not counted
         floor = self.min_rewind_chunk
         for c in [c for c in self._decoder_states if c < floor]:
             del self._decoder_states[c]

@@ -269,6 +269,10 @@ class GenerationWorker:
             if stream.prompt_for(k) != want:
                 stream.set_prompt(want, at_chunk=k)
             t0 = time.perf_counter()
+            if stream.warming:  # one warm-up chunk a turn: other streams' chunks go between
+                stream.warm_up_step()
+                self.busy_seconds += time.perf_counter() - t0
+                return
             plan = stream.plan()
             t1 = time.perf_counter()
             if self._superseded(job, k):

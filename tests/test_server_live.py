@@ -301,10 +301,13 @@ async def test_with_trained_weights_the_evaluator_reads_the_new_prompt_from_its_
     live_server, session
 ):
     """Shipped weights: received frames show the old background before the applied frame
-    and the new one from it on, as the TinyWorld evaluator reads them."""
-    model = VideoModel.load_default(dtype=torch.float32)
+    and the new one from it on, as the TinyWorld evaluator reads them. Live, streams start
+    without a warm-up unless the server is told (`--warmup-chunks`), whatever the
+    checkpoint's sampling says: it would cost time to the first frame."""
+    model = VideoModel.load_default(dtype=torch.float32).with_sampler(warmup_chunks=2)
     server = await live_server(model=model, bitrate=1_500_000)
     s = await session(server.ws_url)
+    assert s.hello["sampling"]["warmup_chunks"] == 0
     stream = (await s.create("a big red circle bouncing over the ocean"))["stream"]
     viewer = await s.watch(stream)
     await viewer.wait_frames(36, timeout(20))

@@ -100,3 +100,34 @@ def test_a_switch_arriving_mid_chunk_still_regenerates_exactly(tiny_model):
     offline.set_prompt(B, at_chunk=1)
     for k in (1, 2, 3):
         assert np.array_equal(got[k], offline.next_chunk())
+
+
+def test_a_warm_stream_is_warmed_a_chunk_a_turn_and_shows_what_offline_shows(tiny_model):
+    """With warmup_chunks=2 a scheduler turn on a cold stream makes one warm-up chunk and
+    delivers nothing (so the turns of other streams come between), the third turn
+    delivers chunk 0; run by the worker thread, chunks 0 and 1 equal an offline
+    Stream's."""
+    tiny_model.with_sampler(warmup_chunks=2)
+    try:
+        turns = GenerationWorker(tiny_model, 2, 8, 8, 1, notify=lambda: None)
+        turns._open(OpenStream("warm", A, 0))
+        assert isinstance(turns.results.get_nowait(), StreamOpened)
+        job = turns._jobs[0]
+        for left in (True, False):
+            turns._generate(job)
+            assert turns.results.empty() and job.stream.warming is left
+        turns._generate(job)
+        assert turns.results.get_nowait().chunk.index == 0
+        worker = GenerationWorker(tiny_model, 2, 8, 8, 1, notify=lambda: None)
+        worker.start()
+        try:
+            assert worker.submit(OpenStream("warm", A, 0))
+            got = [next_result(worker) for _ in range(3)][1:]
+        finally:
+            assert worker.stop(timeout(10))
+        offline = Stream(tiny_model, A, seed=0)
+        expected = [offline.next_chunk(), offline.next_chunk()]
+    finally:
+        tiny_model.with_sampler(warmup_chunks=0)
+    assert [r.chunk.index for r in got] == [0, 1]
+    assert all(np.array_equal(r.chunk.frames, e) for r, e in zip(got, expected, strict=True))
