@@ -145,6 +145,8 @@ class Stream:
                 f"can rewind to chunks {self.min_rewind_chunk}..{self.chunk_index}, not {chunk}",
                 value=chunk,
             )
+        if self.warming:  # nothing shown yet, and the warm-up goes on as it was
+            return
         self.cache.rewind(self._warm_frames + chunk * self.chunk_frames)
         if any(c >= chunk for c in self._recached_at):
             # a re-cache at or after `chunk` rewrote the context's keys/values: redo it

@@ -378,6 +378,9 @@ def test_warmup_keeps_rewinds_and_their_horizon_in_shown_chunks():
     k = warm.chunk_index
     assert np.array_equal(warm.next_chunk(), shown[k])
     early = Stream(warm_model(2), PROMPT, seed=9)
+    early.warm_up_step()
+    early.rewind(0)  # mid warm-up: nothing to forget, the warm-up goes on
+    assert early.warming and early.cache.head == early.chunk_frames
     again = [early.next_chunk() for _ in range(2)]
     early.rewind(0)
     assert early.cache.head == 2 * early.chunk_frames  # the warm-up stays
