@@ -45,8 +45,8 @@ class ServerConfig:
     guidance_interval: tuple[float, float] | None = None  # noise levels that get guidance
     guidance_chunks: int | None = None  # guide only N chunks after each start/switch (0: all)
     # Chunks made before a stream's first shown one (None: the model's setting). Live, the
-    # default is none: on 2 cores two warm-up chunks added 0.69 s to the time to first
-    # frame and stalled the streams already playing (README, "Warm-up").
+    # default is none: on 2 cores the shipped model's two added 0.55 s to the time to the
+    # first frame, past its 1 s target (README, "Warm-up on the live server").
     warmup_chunks: int | None = 0
 
     def __post_init__(self) -> None:
