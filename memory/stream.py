@@ -70,12 +70,16 @@ class Stream:
         self.frames_per_chunk = sc.chunk_latent_frames * cfg.vae.time_stride
         self.latent_h = sc.height // cfg.vae.space_stride
         self.latent_w = sc.width // cfg.vae.space_stride
+        # Warm-up (the sampler's warmup_chunks): chunks -N..-1, made before chunk 0 and
+        # never shown; their latent frames sit before chunk 0's in the cache.
+        self._warm_frames = cfg.sampler.warmup_chunks * self.chunk_frames
+        self._warm_prompt: EncodedPrompt | None = None
         self.policy = policy or SinkRollingWindow(
             sink=sc.sink_latent_frames,
             window=sc.window_latent_frames,
             margin=sc.rewind_chunks * sc.chunk_latent_frames,
             # the sink pins the first chunk shown, not the warm-up before it
-            sink_start=cfg.sampler.warmup_chunks * sc.chunk_latent_frames,
+            sink_start=self._warm_frames,
         )
         layout = CacheLayout.for_model(
             model.dit, cfg.vae.z_dim, self.latent_h, self.latent_w, model.dtype
@@ -85,10 +89,6 @@ class Stream:
         self._timeline: list[tuple[int, EncodedPrompt]] = []
         self._decoder_states: dict[int, list] = {}  # chunk -> decoder carry before it
         self._recached_at: list[int] = []  # chunks whose generation began with a re-cache
-        # Warm-up (the sampler's warmup_chunks): chunks -N..-1, made before chunk 0 and
-        # never shown; their latent frames sit before chunk 0's in the cache.
-        self._warm_frames = self.sampler.cfg.warmup_chunks * self.chunk_frames
-        self._warm_prompt: EncodedPrompt | None = None
         self.chunk_index = 0
         self.stats = StreamStats(cache_bytes=self.cache.nbytes)
         self.set_prompt(prompt, at_chunk=0)

@@ -105,12 +105,15 @@ class SamplerConfig:
 
     def __post_init__(self):
         check_sampling(self.steps, self.guidance)
-        for name, most in (("guidance_chunks", None), ("warmup_chunks", MAX_WARMUP_CHUNKS)):
+        for name in ("guidance_chunks", "warmup_chunks"):
             n = getattr(self, name)
             if isinstance(n, bool) or not isinstance(n, int) or n < 0:
                 raise ConfigError(f"{name} must be a whole number >= 0, got {n!r}", n)
-            if most is not None and n > most:
-                raise ConfigError(f"{name} must be at most {most}, got {n}", n)
+        if self.warmup_chunks > MAX_WARMUP_CHUNKS:
+            raise ConfigError(
+                f"warmup_chunks must be at most {MAX_WARMUP_CHUNKS}, got {self.warmup_chunks}",
+                self.warmup_chunks,
+            )
         lo, hi = self.guidance_interval
         if not 0.0 <= lo <= hi <= 1.0:
             raise ConfigError(
