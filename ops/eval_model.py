@@ -28,6 +28,7 @@ from model.sampler import add_sampling_options, use_sampling_options
 from model.tinyworld.captions import evaluation_prompts, random_switch
 from model.tinyworld.evaluate import evaluate_frames, merge_confusion, misreadings
 from model.tinyworld.spec import parse_prompt
+from model.tinyworld.steadiness import object_track, stutter
 
 
 def pooled(parts: list[tuple[dict[str, float | None], int]]) -> dict[str, float | None]:
@@ -69,10 +70,11 @@ def prompt_set(n: int, seconds: float, seed: int):
 
 
 def short_clips(model, args) -> dict:
-    reports = []
+    reports, tracks = [], []
     for i, timeline in enumerate(prompt_set(args.prompts, args.seconds, args.seed)):
-        frames = follow_timeline(model, timeline, args.seconds, seed=args.seed + i)
+        frames = list(follow_timeline(model, timeline, args.seconds, seed=args.seed + i))
         reports.append(evaluate_frames(frames, timeline, fps=24, chunk_frames=12))
+        tracks.append(object_track(frames))
     switches = [s for r in reports for s in r.switches]
     confusion = merge_confusion(r.confusion for r in reports)
     visible = [s.chunks_to_visible for s in switches]
@@ -91,6 +93,8 @@ def short_clips(model, args) -> dict:
         "most_misread": misreadings(confusion),
         "confusion": confusion,
         "adherence_since_prompt": by_chunks_since_prompt(reports),
+        # the object's step across latent-frame boundaries / within them (truth: 1.0)
+        "stutter": stutter(tracks, model.config.vae.time_stride),
     }
 
 

@@ -1,10 +1,12 @@
 """Reconstruction quality of the VAE: PSNR and evaluator adherence of decoded clips.
 
     .venv/bin/python ops/eval_vae.py --vae runs/vae/last.safetensors --clips 20
+    .venv/bin/python ops/eval_vae.py --vae model/weights/tiny.safetensors  # a whole model
 
 Renders evaluation prompts with the TinyWorld renderer, encodes and decodes them chunk by
 chunk (as streaming does), and scores the result with the evaluator: the ceiling of what
-the DiT can reach through this VAE.
+the DiT can reach through this VAE. Also the motion's stutter (see
+model/tinyworld/steadiness.py) of the reconstructions and of the rendered truth.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from model.checkpoint import load_strict, read_checkpoint
 from model.tinyworld.captions import evaluation_prompts
 from model.tinyworld.evaluate import evaluate_frames
 from model.tinyworld.render import render_clip
+from model.tinyworld.steadiness import object_track, stutter
 from model.vae import CausalVAE, frames_to_tensor, tensor_to_frames
 
 
@@ -31,11 +34,13 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cfg, tensors, meta = read_checkpoint(args.vae)
+    if any(k.startswith("vae.") for k in tensors):  # a whole model: its VAE
+        tensors = {k[4:]: v for k, v in tensors.items() if k.startswith("vae.")}
     vae = CausalVAE(cfg.vae)
     load_strict(vae, tensors, args.vae)
     vae.eval()
     chunk = cfg.stream.chunk_latent_frames * cfg.vae.time_stride
-    hits, n, psnrs = {}, 0, []
+    hits, n, psnrs, tracks, truth = {}, 0, [], [], []
     for i, prompt in enumerate(evaluation_prompts(args.clips, seed=1)):
         timeline = [(0.0, prompt)]
         clip = render_clip(timeline, args.seconds, size=cfg.stream.height, seed=i)
@@ -49,6 +54,8 @@ def main() -> None:
                 mse = ((y.clamp(-1, 1) - x) ** 2).mean().item()
                 psnrs.append(10 * math.log10(4 / max(mse, 1e-10)))
         rep = evaluate_frames(out, timeline, fps=24, chunk_frames=12)
+        tracks.append(object_track(out))
+        truth.append(object_track(clip[: len(out)]))
         for k, v in rep.adherence.items():
             if v is not None:
                 hits[k] = hits.get(k, 0) + v * rep.chunks_scored
@@ -56,8 +63,11 @@ def main() -> None:
     result = {
         "vae": args.vae,
         "step": meta.get("step"),
+        "decoder_step": meta.get("decoder_step"),
         "psnr": sum(psnrs) / len(psnrs),
         "adherence": {k: round(v / n, 4) for k, v in hits.items()},
+        "stutter": stutter(tracks, cfg.vae.time_stride),
+        "stutter_of_truth": stutter(truth, cfg.vae.time_stride),
     }
     print(json.dumps(result, indent=2))
 
