@@ -50,6 +50,16 @@ def chunk_noise(seed: int, chunk: int, shape, dtype) -> torch.Tensor:
     return torch.randn(shape, generator=g).to(dtype)
 
 
+def context_frame_noise(seed: int, frames: list[int], latents: torch.Tensor) -> torch.Tensor:
+    """Noise for cached latent frames, by (seed, absolute frame index) only: a frame gets
+    the same noise when its chunk is cached and whenever the context is re-cached."""
+    noise = torch.empty_like(latents)
+    for j, f in enumerate(frames):
+        g = torch.Generator().manual_seed((seed * 2_000_029 + f * 104_729 + 1) % (2**63))
+        noise[:, :, j] = torch.randn(latents[:, :, j].shape, generator=g).to(latents.dtype)
+    return noise
+
+
 class Stream:
     def __init__(
         self,
@@ -260,11 +270,17 @@ class Stream:
     def commit(self, plan: ChunkPlan, latents: torch.Tensor) -> np.ndarray:
         """Cache the chunk's keys/values (as context for what follows), then decode it."""
         t0 = time.perf_counter()
-        kvs = self._context_kv(
-            latents, plan.prompt, self._positions(plan.n_context), plan.context, None
-        )
         head = self.cache.head
-        self.cache.write(list(range(head, head + self.chunk_frames)), latents, kvs)
+        latent_frames = list(range(head, head + self.chunk_frames))
+        kvs = self._context_kv(
+            latents,
+            latent_frames,
+            plan.prompt,
+            self._positions(plan.n_context),
+            plan.context,
+            None,
+        )
+        self.cache.write(latent_frames, latents, kvs)
         self.cache.advance(self.chunk_frames)
         t1 = time.perf_counter()
         state = self._decoder_states.get(plan.chunk)
@@ -281,12 +297,15 @@ class Stream:
         self.stats.ms.update(cache=(t1 - t0) * 1e3, decode=(t2 - t1) * 1e3)
         return frames
 
-    def _context_kv(self, latents, prompt, positions, ctx, mask):
-        """Per-layer keys/values of clean latents as later chunks will see them."""
+    def _context_kv(self, latents, frames, prompt, positions, ctx, mask):
+        """Per-layer keys/values of finished latents (absolute latent frames `frames`) as
+        later chunks will see them: at the sampler's context noise level, as in training
+        (diffusion forcing)."""
         sigma_c = self.model.config.sampler.context_noise
         x = latents
         if sigma_c > 0:
-            x = (1 - sigma_c) * latents + sigma_c * torch.randn_like(latents)
+            noise = context_frame_noise(self.seed, frames, latents)
+            x = (1 - sigma_c) * latents + sigma_c * noise
         s = torch.full((1, latents.shape[2]), sigma_c)
         _, kvs = self.model.dit(
             x, s, self._text(prompt), positions, ctx=ctx, mask=mask, return_kv=True
@@ -302,7 +321,7 @@ class Stream:
         tpf = self.cache.layout.tokens_per_frame
         mask = block_causal_mask(groups, groups, tpf)
         latents = self.cache.context_latents()
-        kvs = self._context_kv(latents, prompt, torch.arange(len(frames)), None, mask)
+        kvs = self._context_kv(latents, frames, prompt, torch.arange(len(frames)), None, mask)
         self.cache.write(frames, latents, kvs)
         return True
 

@@ -91,7 +91,10 @@ class SamplerConfig:
     # it against 76-90% on the chunks after it), so the shown stream starts once the
     # context holds a path. Paid once per stream, in time to the first frame.
     warmup_chunks: int = 0
-    context_noise: float = 0.0  # noise level (sigma) at which finished chunks are cached
+    # Noise level (sigma) at which finished chunks are cached as context: the trainer shows
+    # half its sequences a context at a random level in [0, 0.1] (diffusion forcing), and
+    # a little noise keeps later chunks from copying the context's finest errors.
+    context_noise: float = 0.0
 
     def sampling(self) -> dict:
         """The settings a user chooses (steps, guidance and where it applies), JSON-ready."""
@@ -101,6 +104,7 @@ class SamplerConfig:
             "guidance_interval": list(self.guidance_interval),
             "guidance_chunks": self.guidance_chunks,
             "warmup_chunks": self.warmup_chunks,
+            "context_noise": self.context_noise,
         }
 
     def __post_init__(self):
@@ -114,6 +118,9 @@ class SamplerConfig:
                 f"warmup_chunks must be at most {MAX_WARMUP_CHUNKS}, got {self.warmup_chunks}",
                 self.warmup_chunks,
             )
+        c = self.context_noise
+        if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0.0 <= c <= 0.5:
+            raise ConfigError(f"context_noise must be a number from 0 to 0.5, got {c!r}", c)
         lo, hi = self.guidance_interval
         if not 0.0 <= lo <= hi <= 1.0:
             raise ConfigError(

@@ -61,7 +61,8 @@ class FlowSampler:
 
 def add_sampling_options(parser: argparse.ArgumentParser) -> None:
     """The sampling flags every command-line tool shares (`--steps`, `--guidance`,
-    `--guidance-interval LO HI`, `--guidance-chunks N`, `--warmup-chunks N`); unset flags
+    `--guidance-interval LO HI`, `--guidance-chunks N`, `--warmup-chunks N`,
+    `--context-noise SIGMA`); unset flags
     keep the model's settings (see `sampling_changes`)."""
     parser.add_argument(
         "--steps", type=int, help="denoising steps per chunk (default: the model's)"
@@ -94,12 +95,19 @@ def add_sampling_options(parser: argparse.ArgumentParser) -> None:
         "(a steadier start for N chunks' compute before the first frame; default: the "
         "model's)",
     )
+    parser.add_argument(
+        "--context-noise",
+        type=float,
+        metavar="SIGMA",
+        help="noise level (0 to 0.5) at which finished chunks are cached as context "
+        "(default: the model's)",
+    )
 
 
 def sampling_changes(args: argparse.Namespace) -> dict:
     """The sampler settings given by the flags of `add_sampling_options`."""
     changes = {}
-    for name in ("steps", "guidance", "guidance_chunks", "warmup_chunks"):
+    for name in ("steps", "guidance", "guidance_chunks", "warmup_chunks", "context_noise"):
         if getattr(args, name, None) is not None:
             changes[name] = getattr(args, name)
     if args.guidance_interval:

@@ -48,6 +48,7 @@ class ServerConfig:
     # default is none: on 2 cores the shipped model's two added 0.55 s to the time to the
     # first frame, past its 1 s target (README, "Warm-up on the live server").
     warmup_chunks: int | None = 0
+    context_noise: float | None = None  # the model's unless given
 
     def __post_init__(self) -> None:
         if self.codec not in CODECS:
@@ -66,7 +67,14 @@ class ServerConfig:
 
     def sampler_changes(self) -> dict:
         """The sampler settings this config overrides (for `VideoModel.with_sampler`)."""
-        names = ("steps", "guidance", "guidance_interval", "guidance_chunks", "warmup_chunks")
+        names = (
+            "steps",
+            "guidance",
+            "guidance_interval",
+            "guidance_chunks",
+            "warmup_chunks",
+            "context_noise",
+        )
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
     @property

@@ -404,6 +404,62 @@ def test_a_prompt_set_at_chunk_0_after_the_warmup_recaches_it():
     assert np.abs(back - before).max() <= 1
 
 
+def noisy_context_model(sigma: float) -> VideoModel:
+    return (
+        VideoModel.from_seed(0, "micro").set_dtype(torch.float32).with_sampler(context_noise=sigma)
+    )
+
+
+def test_context_noise_is_used_and_depends_on_the_seed_and_frame_only():
+    """A stream that caches its chunks at a context noise level differs from a clean one
+    from chunk 1 on (chunk 0 has no context). Its noise does not come from torch's global
+    generator: the same seed gives the same frames whatever that generator's state, and a
+    rewind regenerates identically."""
+    clean, noisy, again = (noisy_context_model(sigma) for sigma in (0.0, 0.1, 0.1))
+    torch.manual_seed(1)
+    s = Stream(noisy, PROMPT, seed=6)
+    shown = [s.next_chunk() for _ in range(6)]
+    c = Stream(clean, PROMPT, seed=6)
+    first_clean = [c.next_chunk() for _ in range(2)]
+    assert np.array_equal(shown[0], first_clean[0])
+    assert not np.array_equal(shown[1], first_clean[1])
+    torch.manual_seed(2)
+    other = Stream(again, PROMPT, seed=6)
+    assert all(np.array_equal(other.next_chunk(), x) for x in shown)
+    s.rewind(s.min_rewind_chunk)
+    k = s.chunk_index
+    assert np.array_equal(s.next_chunk(), shown[k])
+
+
+def test_a_recache_noises_each_frame_as_its_chunk_was_cached():
+    """Re-caching under the same prompt recomputes each context frame's keys/values from
+    the same noisy latents (noise keyed by the frame): the next chunk is the one a stream
+    without the re-cache makes, to float rounding, while fresh noise would move it about
+    as far as the context noise itself does."""
+
+    def chunk_2(sigma: float, recache: bool) -> np.ndarray:
+        s = Stream(noisy_context_model(sigma), PROMPT, seed=2)
+        for _ in range(2):
+            s.next_chunk()
+        if recache:
+            s.set_prompt(OTHER, at_chunk=2)
+            s.set_prompt(PROMPT, at_chunk=2)  # a new prompt object: chunk 2 re-caches
+        out = s.next_chunk().astype(float)
+        assert s._recached_at == ([2] if recache else [])
+        return out
+
+    direct = chunk_2(0.1, recache=False)
+    moved_by_noise = np.abs(direct - chunk_2(0.0, recache=False)).mean()
+    assert moved_by_noise > 0
+    assert np.abs(chunk_2(0.1, recache=True) - direct).mean() < moved_by_noise / 10
+
+
+@pytest.mark.parametrize("sigma", [-0.1, 0.6, float("nan"), True])
+def test_sampler_config_rejects_a_bad_context_noise(sigma):
+    with pytest.raises(ConfigError, match="context_noise"):
+        SamplerConfig(context_noise=sigma)
+
+
 @pytest.mark.parametrize("n", [-1, 17, 1.5, True])
 def test_sampler_config_rejects_a_bad_warmup(n):
     with pytest.raises(ConfigError, match="warmup_chunks"):
