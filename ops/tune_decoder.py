@@ -58,6 +58,14 @@ def noisy_latents(z: torch.Tensor, sigma_max: float, gen: torch.Generator) -> to
     return z + sigma * torch.randn(z.shape, generator=gen)
 
 
+def log_progress(log, msg: dict) -> None:
+    """Print a JSON progress line (with the time) and append it to the run's log."""
+    line = json.dumps(msg | {"time": time.time()})
+    print(line, flush=True)
+    log.write(line + "\n")
+    log.flush()
+
+
 def save(model: VideoModel, path: Path, step: int, opt, extra: dict) -> None:
     model.save(path, extra | {"decoder_step": str(step)})
     torch.save(opt.state_dict(), path.parent / "opt.pt")
@@ -115,11 +123,8 @@ def main(argv: list[str] | None = None) -> None:
         step += 1
         losses.append(loss.item())
         if step % 20 == 0:
-            rec_msg = {"step": step, "loss": float(np.mean(losses)), "psnr": psnr(rec, x)}
-            rec_msg["time"] = time.time()
-            print(json.dumps(rec_msg), flush=True)
-            log.write(json.dumps(rec_msg) + "\n")
-            log.flush()
+            psnr_db = psnr(rec, x)
+            log_progress(log, {"step": step, "loss": float(np.mean(losses)), "psnr": psnr_db})
             losses = []
         if step % args.save_every == 0:
             save(model, ckpt, step, opt, extra)
