@@ -70,6 +70,16 @@ def check_sampling(steps: object, guidance: object) -> None:
 
 
 MAX_WARMUP_CHUNKS = 16  # each one delays a stream's first frame by a chunk's compute
+# The sampler settings a user chooses: the flags every tool shares, `endless serve`'s
+# overrides, and what `hello` announces (the rest, e.g. the schedule's shift, is the model's).
+USER_SAMPLING = (
+    "steps",
+    "guidance",
+    "guidance_interval",
+    "guidance_chunks",
+    "warmup_chunks",
+    "context_noise",
+)
 
 
 @dataclass(frozen=True)
@@ -97,15 +107,9 @@ class SamplerConfig:
     context_noise: float = 0.0
 
     def sampling(self) -> dict:
-        """The settings a user chooses (steps, guidance and where it applies), JSON-ready."""
-        return {
-            "steps": self.steps,
-            "guidance": self.guidance,
-            "guidance_interval": list(self.guidance_interval),
-            "guidance_chunks": self.guidance_chunks,
-            "warmup_chunks": self.warmup_chunks,
-            "context_noise": self.context_noise,
-        }
+        """The settings a user chooses (`USER_SAMPLING`), JSON-ready."""
+        out = {name: getattr(self, name) for name in USER_SAMPLING}
+        return out | {"guidance_interval": list(self.guidance_interval)}
 
     def __post_init__(self):
         check_sampling(self.steps, self.guidance)

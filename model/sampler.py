@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import torch
 
-from model.config import SamplerConfig
+from model.config import USER_SAMPLING, SamplerConfig
 
 
 def sigmas(steps: int, shift: float) -> torch.Tensor:
@@ -107,11 +107,10 @@ def add_sampling_options(parser: argparse.ArgumentParser) -> None:
 def sampling_changes(args: argparse.Namespace) -> dict:
     """The sampler settings given by the flags of `add_sampling_options`."""
     changes = {}
-    for name in ("steps", "guidance", "guidance_chunks", "warmup_chunks", "context_noise"):
-        if getattr(args, name, None) is not None:
-            changes[name] = getattr(args, name)
-    if args.guidance_interval:
-        changes["guidance_interval"] = tuple(args.guidance_interval)
+    for name in USER_SAMPLING:
+        value = getattr(args, name, None)
+        if value is not None:
+            changes[name] = tuple(value) if name == "guidance_interval" else value
     return changes
 
 

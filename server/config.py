@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from model.config import SamplerConfig
+from model.config import USER_SAMPLING, SamplerConfig
 from model.errors import ConfigError
 from model.precision import DTYPE_CHOICES
 
@@ -67,15 +67,7 @@ class ServerConfig:
 
     def sampler_changes(self) -> dict:
         """The sampler settings this config overrides (for `VideoModel.with_sampler`)."""
-        names = (
-            "steps",
-            "guidance",
-            "guidance_interval",
-            "guidance_chunks",
-            "warmup_chunks",
-            "context_noise",
-        )
-        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+        return {n: getattr(self, n) for n in USER_SAMPLING if getattr(self, n) is not None}
 
     @property
     def codec_mime(self) -> str:
