@@ -22,7 +22,7 @@ from memory.policy import CachePolicy, SinkRollingWindow
 from model.bundle import VideoModel
 from model.dit import AttnContext, block_causal_mask
 from model.errors import EndlessError
-from model.sampler import FlowSampler
+from model.sampler import Cond, FlowSampler
 from model.storyboard import chunk_at
 from model.text import EncodedPrompt
 from model.vae import tensor_to_frames
@@ -236,14 +236,21 @@ class Stream:
     def denoise(self, plan: ChunkPlan) -> torch.Tensor:
         dit = self.model.dit
         positions = self._positions(plan.n_context)
-        texts = {True: self._text(plan.prompt), False: self._text(plan.prompt, cond=False)}
+        texts = {
+            Cond.PROMPT: self._text(plan.prompt),
+            Cond.EMPTY: self._text(plan.prompt, cond=False),
+        }
+        motion = self.motion_guidance_at(plan.chunk, plan.prompt)
+        if motion:
+            texts[Cond.NO_MOTION] = plan.prompt.without_motion.unsqueeze(0).to(self.model.dtype)
 
         def velocity(x, sigma, conds):
             s = torch.full((x.shape[0], self.chunk_frames), sigma)
             text = torch.cat([texts[c] for c in conds])
             return dit(x, s, text, positions, ctx=plan.context)
 
-        return self.sampler.sample(plan.noise, velocity, self.steps, self.guidance_at(plan.chunk))
+        guidance = self.guidance_at(plan.chunk)
+        return self.sampler.sample(plan.noise, velocity, self.steps, guidance, None, motion)
 
     @property
     def steps(self) -> int:
@@ -257,10 +264,18 @@ class Stream:
         """The guidance scale of `chunk`: the stream's, or 1 (off) once the sampler's
         `guidance_chunks` chunks have passed since the prompt in force began (warm-up
         chunks, before chunk 0, are guided)."""
+        return self.guidance if self._guided(chunk) else 1.0
+
+    def motion_guidance_at(self, chunk: int, prompt: EncodedPrompt) -> float:
+        """The motion guidance weight of `chunk` under `prompt`: the sampler's on the chunks
+        guidance guides, 0 where the prompt says no motion (nothing to leave unsaid)."""
+        if prompt.without_motion is None or not self._guided(chunk):
+            return 0.0
+        return self.sampler.cfg.motion_guidance
+
+    def _guided(self, chunk: int) -> bool:
         n = self.sampler.cfg.guidance_chunks
-        if n and chunk >= 0 and chunk - self._prompt_start(chunk) >= n:
-            return 1.0
-        return self.guidance
+        return not (n and chunk >= 0 and chunk - self._prompt_start(chunk) >= n)
 
     def _prompt_start(self, chunk: int) -> int:
         """The chunk where the prompt in force at `chunk` began (a start or a switch)."""

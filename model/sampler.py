@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from enum import StrEnum
 
 import torch
 
@@ -25,12 +26,21 @@ def shift_sigma(u: torch.Tensor, shift: float) -> torch.Tensor:
     return shift * u / (1.0 + (shift - 1.0) * u)
 
 
+class Cond(StrEnum):
+    """What one batch group of a model call is conditioned on."""
+
+    PROMPT = "prompt"  # the prompt
+    EMPTY = "empty"  # the empty prompt (classifier-free guidance)
+    NO_MOTION = "no_motion"  # the prompt with its motion left unsaid (motion guidance)
+
+
 class FlowSampler:
     """Denoise one chunk with `velocity(x, sigma, conds)`, the model call.
 
-    x stacks len(conds) equal groups on the batch axis; group i is conditioned on the
-    prompt when conds[i] is True and on the empty prompt otherwise. With guidance the
-    conditional and unconditional passes run as one batch (cheaper than two calls).
+    x stacks len(conds) equal groups on the batch axis; group i is conditioned as conds[i]
+    says (a `Cond`). The passes a step needs run as one batch (cheaper
+    than separate calls): the prompt's alone, or with the empty prompt's for guidance and
+    the motionless prompt's for motion guidance.
     """
 
     def __init__(self, cfg: SamplerConfig):
@@ -39,22 +49,31 @@ class FlowSampler:
     def sample(
         self,
         noise: torch.Tensor,
-        velocity: Callable[[torch.Tensor, float, tuple[bool, ...]], torch.Tensor],
+        velocity: Callable[[torch.Tensor, float, tuple[Cond, ...]], torch.Tensor],
         steps: int | None = None,
         guidance: float | None = None,
         interval: tuple[float, float] | None = None,
+        motion_guidance: float | None = None,
     ) -> torch.Tensor:
         steps = steps or self.cfg.steps
         guidance = self.cfg.guidance if guidance is None else guidance
         lo, hi = self.cfg.guidance_interval if interval is None else interval
+        motion = self.cfg.motion_guidance if motion_guidance is None else motion_guidance
         sched = sigmas(steps, self.cfg.shift).tolist()
         x = noise
         for s, s_next in zip(sched[:-1], sched[1:], strict=True):
-            if guidance == 1.0 or not lo <= s <= hi:
-                v = velocity(x, s, (True,))
-            else:
-                v_cond, v_uncond = velocity(torch.cat([x, x]), s, (True, False)).chunk(2)
-                v = v_uncond + guidance * (v_cond - v_uncond)
+            conds = [Cond.PROMPT]
+            if guidance != 1.0 and lo <= s <= hi:
+                conds.append(Cond.EMPTY)
+            if motion and s >= self.cfg.motion_guidance_from:
+                conds.append(Cond.NO_MOTION)
+            batch = x if len(conds) == 1 else torch.cat([x] * len(conds))
+            vs = dict(zip(conds, velocity(batch, s, tuple(conds)).chunk(len(conds)), strict=True))
+            v = vs[Cond.PROMPT]
+            if Cond.EMPTY in vs:
+                v = vs[Cond.EMPTY] + guidance * (vs[Cond.PROMPT] - vs[Cond.EMPTY])
+            if Cond.NO_MOTION in vs:
+                v = v + motion * (vs[Cond.PROMPT] - vs[Cond.NO_MOTION])
             x = x + (s_next - s) * v
         return x
 
@@ -62,7 +81,7 @@ class FlowSampler:
 def add_sampling_options(parser: argparse.ArgumentParser) -> None:
     """The sampling flags every command-line tool shares (`--steps`, `--guidance`,
     `--guidance-interval LO HI`, `--guidance-chunks N`, `--warmup-chunks N`,
-    `--context-noise SIGMA`); unset flags
+    `--context-noise SIGMA`, `--motion-guidance W`, `--motion-guidance-from SIGMA`); unset flags
     keep the model's settings (see `sampling_changes`)."""
     parser.add_argument(
         "--steps", type=int, help="denoising steps per chunk (default: the model's)"
@@ -100,6 +119,20 @@ def add_sampling_options(parser: argparse.ArgumentParser) -> None:
         type=float,
         metavar="SIGMA",
         help="noise level (0 to 0.5) at which finished chunks are cached as context "
+        "(default: the model's)",
+    )
+    parser.add_argument(
+        "--motion-guidance",
+        type=float,
+        metavar="W",
+        help="extra guidance toward the prompt's motion, against the prompt with its motion "
+        "left unsaid, on the chunks --guidance-chunks guides (0: off; default: the model's)",
+    )
+    parser.add_argument(
+        "--motion-guidance-from",
+        type=float,
+        metavar="SIGMA",
+        help="apply motion guidance only at steps whose noise level is at least SIGMA "
         "(default: the model's)",
     )
 

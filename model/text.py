@@ -26,6 +26,9 @@ class EncodedPrompt:
     text: str
     tokens: torch.Tensor  # (text_len, text_dim)
     unknown: tuple[str, ...]
+    # the same prompt with its motion left unsaid, for motion guidance; None when the
+    # prompt says no motion or the encoder cannot leave it out
+    without_motion: torch.Tensor | None = None
 
 
 class TextEncoder(ABC, nn.Module):
@@ -78,9 +81,13 @@ class TinyWorldTextEncoder(TextEncoder):
     def encode(self, text: str) -> EncodedPrompt:
         parsed = parse_prompt(text)
         idx = torch.tensor([self.indices(parsed.attributes)])
+        if parsed.attributes.motion is not None:
+            idx = torch.cat([idx, idx])
+            idx[1, ATTRIBUTE_NAMES.index("motion")] = 0  # "not said"
         with torch.no_grad():
-            tokens = self.tokens_from_indices(idx)[0]
-        return EncodedPrompt(text, tokens, parsed.unknown)
+            tokens = self.tokens_from_indices(idx)
+        without_motion = tokens[1] if len(tokens) > 1 else None
+        return EncodedPrompt(text, tokens[0], parsed.unknown, without_motion)
 
     def null(self) -> torch.Tensor:
         with torch.no_grad():

@@ -117,6 +117,7 @@ def main() -> None:
         "dtype": dtype_name(dtype),
         "guidance": stream.guidance,
         "guidance_interval": list(model.config.sampler.guidance_interval),
+        "sampling": model.config.sampler.sampling(),
         "frames_per_chunk": fpc,
         "size": f"{stream.width}x{stream.height}",
         "chunks": chunks,

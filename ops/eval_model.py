@@ -142,6 +142,7 @@ def main() -> None:
         "steps": sampler.steps,
         "guidance": sampler.guidance,
         "guidance_interval": list(sampler.guidance_interval),
+        "sampling": sampler.sampling(),
     }
     if args.prompts:
         result["short"] = short_clips(model, args)

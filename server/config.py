@@ -49,6 +49,8 @@ class ServerConfig:
     # first frame, past its 1 s target (README, "Warm-up on the live server").
     warmup_chunks: int | None = 0
     context_noise: float | None = None  # the model's unless given
+    motion_guidance: float | None = None  # extra guidance toward the prompt's motion
+    motion_guidance_from: float | None = None  # lowest noise level it applies at
 
     def __post_init__(self) -> None:
         if self.codec not in CODECS:

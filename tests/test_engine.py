@@ -14,6 +14,7 @@ from model.bundle import VideoModel
 from model.config import PRESETS, SamplerConfig, StreamConfig
 from model.dit import block_causal_mask
 from model.errors import ConfigError, EndlessError, PromptError, UnknownWordsError
+from model.sampler import Cond, sigmas
 
 torch.set_num_threads(1)
 
@@ -245,14 +246,16 @@ def test_guidance_batches_both_passes_and_equals_two_separate_calls():
     got = s.denoise(plan)
     dit, frames = model.dit, s.chunk_frames
     positions = torch.arange(plan.n_context, plan.n_context + frames)
-    prompt_text = plan.prompt.tokens.unsqueeze(0)
-    null_text = model.text.null().unsqueeze(0)
+    texts = {
+        Cond.PROMPT: plan.prompt.tokens.unsqueeze(0),
+        Cond.EMPTY: model.text.null().unsqueeze(0),
+    }
     with torch.no_grad():
 
         def separate(x, sigma, conds):
             sig = torch.full((1, frames), sigma)
             outs = [
-                dit(x[i : i + 1], sig, prompt_text if c else null_text, positions, ctx=plan.context)
+                dit(x[i : i + 1], sig, texts[c], positions, ctx=plan.context)
                 for i, c in enumerate(conds)
             ]
             return torch.cat(outs)
@@ -276,7 +279,7 @@ def test_guidance_interval_guides_only_the_steps_whose_noise_level_it_holds():
     def velocity(x, sigma, conds):
         batches.append(len(conds))
         sig = torch.full((x.shape[0], s.chunk_frames), sigma)
-        ctx = text[[0 if c else 1 for c in conds]]
+        ctx = text[[0 if c == Cond.PROMPT else 1 for c in conds]]
         return model.dit(x, sig, ctx, positions)
 
     levels = [1.0, 0.9, 0.75, 0.5]  # steps 4, shift 3
@@ -295,6 +298,101 @@ def test_guidance_interval_guides_only_the_steps_whose_noise_level_it_holds():
     # the model's own setting applies when the call names none
     model.with_sampler(guidance_interval=(0.0, 0.4))
     assert Stream(model, PROMPT).sampler.cfg.guidance_interval == (0.0, 0.4)
+
+
+def test_motion_guidance_adds_the_prompt_against_its_motionless_self():
+    """Motion guidance W adds W * (v(prompt) - v(prompt with motion unsaid)) to CFG's
+    velocity at the steps from its noise level up, as a third group of the same batch;
+    the result equals separate model calls, and differs from CFG alone."""
+    model = VideoModel.from_seed(0, "micro").set_dtype(torch.float32)
+    model.with_sampler(guidance=3.0, motion_guidance=2.0, motion_guidance_from=0.75)
+    s = Stream(model, PROMPT, seed=5)
+    s.next_chunk()  # some cached context to attend to
+    plan = s.plan()
+    unsaid = model.text.encode(PROMPT.replace(" bouncing", "")).tokens  # motion not said
+    texts = {
+        Cond.PROMPT: plan.prompt.tokens,
+        Cond.EMPTY: model.text.null(),
+        Cond.NO_MOTION: unsaid,
+    }
+    positions = torch.arange(plan.n_context, plan.n_context + s.chunk_frames)
+    calls: list[tuple[Cond, ...]] = []
+
+    def separate(x, sigma, conds):
+        calls.append(conds)
+        sig = torch.full((1, s.chunk_frames), sigma)
+        outs = [
+            model.dit(x[i : i + 1], sig, texts[c][None], positions, ctx=plan.context)
+            for i, c in enumerate(conds)
+        ]
+        return torch.cat(outs)
+
+    got = s.denoise(plan)
+    with torch.no_grad():
+        x = plan.noise
+        levels = sigmas(4, model.config.sampler.shift).tolist()  # 1, .9, .75, .5, 0
+        for sig, nxt in zip(levels[:-1], levels[1:], strict=True):
+            v = {c: separate(x, sig, (c,)) for c in Cond}
+            step = v[Cond.EMPTY] + 3.0 * (v[Cond.PROMPT] - v[Cond.EMPTY])
+            if sig >= 0.75:
+                step = step + 2.0 * (v[Cond.PROMPT] - v[Cond.NO_MOTION])
+            x = x + (nxt - sig) * step
+        want = x
+        calls.clear()
+        cfg_only = s.sampler.sample(plan.noise, separate, 4, 3.0, None, 0.0)
+        calls.clear()
+        s.sampler.sample(plan.noise, separate, 4, 3.0, None, 2.0)
+    every = (Cond.PROMPT, Cond.EMPTY, Cond.NO_MOTION)
+    assert calls == [every, every, every, (Cond.PROMPT, Cond.EMPTY)]  # 1, .9, .75, .5
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    assert (got - cfg_only).abs().max() > 1e-3
+
+
+def test_motion_guidance_skips_unguided_chunks_and_prompts_that_say_no_motion():
+    """The third pass runs only on the chunks guidance_chunks guides, and never for a
+    prompt with no motion word (leaving it unsaid would change nothing)."""
+    model = VideoModel.from_seed(0, "micro").set_dtype(torch.float32)
+    model.with_sampler(guidance=3.0, guidance_chunks=2, motion_guidance=1.0)
+    s = Stream(model, PROMPT, seed=5)
+    s.set_prompt("a small blue square in the snow", at_chunk=3)
+    widest: list[int] = []
+    hook = model.dit.register_forward_pre_hook(
+        lambda _, inputs: widest.__setitem__(-1, max(widest[-1], inputs[0].shape[0]))
+    )
+    try:
+        for _ in range(6):
+            widest.append(0)
+            s.next_chunk()
+    finally:
+        hook.remove()
+    assert widest == [3, 3, 1, 2, 2, 1]
+    assert s.motion_guidance_at(0, s._prompt_at(0)) == 1.0
+    assert s.motion_guidance_at(2, s._prompt_at(2)) == 0.0
+
+
+def test_the_text_encoder_leaves_motion_unsaid_for_motion_guidance():
+    text = VideoModel.from_seed(0, "micro").text
+    with_motion = text.encode("a big red circle bouncing over the ocean")
+    without = text.encode("a big red circle over the ocean")
+    torch.testing.assert_close(with_motion.without_motion, without.tokens)
+    assert not torch.equal(with_motion.tokens, without.tokens)
+    assert without.without_motion is None
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("motion_guidance", -1.0),
+        ("motion_guidance", float("nan")),
+        ("motion_guidance", 11.0),
+        ("motion_guidance", True),
+        ("motion_guidance_from", 1.5),
+        ("motion_guidance_from", -0.1),
+    ],
+)
+def test_sampler_config_rejects_bad_motion_guidance(field, value):
+    with pytest.raises(ConfigError, match=field):
+        SamplerConfig(**{field: value})
 
 
 @pytest.mark.parametrize("interval", [(0.9, 0.2), (-0.1, 0.5), (0.5, 1.5)])

@@ -52,6 +52,8 @@ def test_serve_refuses_bad_sampling_settings_with_a_clear_error():
         (["--guidance-chunks", "-1"], "guidance_chunks must be"),
         (["--warmup-chunks", "99"], "warmup_chunks must be at most"),
         (["--context-noise", "0.9"], "context_noise must be"),
+        (["--motion-guidance", "-1"], "motion_guidance must be"),
+        (["--motion-guidance-from", "2"], "motion_guidance_from must be"),
     ):
         done = subprocess.run(
             [sys.executable, "-m", "server.cli", "serve", "--port", "0", *args],

@@ -88,7 +88,7 @@ async def test_server_sampling_settings_reach_hello_and_every_stream(
 ):
     """Sampling set on the server (`endless serve --steps 2 --guidance 4
     --guidance-interval 0.5 1 --guidance-chunks 2 --warmup-chunks 1 --context-noise
-    0.05`) is announced in
+    0.05 --motion-guidance 1.5 --motion-guidance-from 0.9`) is announced in
     hello, and a stream's frames are the ones it makes: nearer them than the model's
     default sampling."""
     guided = prompt_sensitive(VideoModel.from_seed(0, "tiny"))
@@ -99,6 +99,8 @@ async def test_server_sampling_settings_reach_hello_and_every_stream(
         "guidance_chunks": 2,
         "warmup_chunks": 1,
         "context_noise": 0.05,
+        "motion_guidance": 1.5,
+        "motion_guidance_from": 0.9,
     }
     server = await live_server(model=guided, bitrate=1_500_000, **settings)
     s = await session(server.ws_url)
