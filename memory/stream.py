@@ -264,16 +264,18 @@ class Stream:
         """The guidance scale of `chunk`: the stream's, or 1 (off) once the sampler's
         `guidance_chunks` chunks have passed since the prompt in force began (warm-up
         chunks, before chunk 0, are guided)."""
-        return self.guidance if self._guided(chunk) else 1.0
+        return self.guidance if self.guided(chunk) else 1.0
 
     def motion_guidance_at(self, chunk: int, prompt: EncodedPrompt) -> float:
         """The motion guidance weight of `chunk` under `prompt`: the sampler's on the chunks
         guidance guides, 0 where the prompt says no motion (nothing to leave unsaid)."""
-        if prompt.without_motion is None or not self._guided(chunk):
+        if prompt.without_motion is None or not self.guided(chunk):
             return 0.0
         return self.sampler.cfg.motion_guidance
 
-    def _guided(self, chunk: int) -> bool:
+    def guided(self, chunk: int) -> bool:
+        """Whether `chunk` is one the sampler guides (CFG and motion guidance): within
+        `guidance_chunks` chunks of the start or switch of its prompt (all when 0)."""
         n = self.sampler.cfg.guidance_chunks
         return not (n and chunk >= 0 and chunk - self._prompt_start(chunk) >= n)
 

@@ -4,12 +4,13 @@
     .venv/bin/python ops/bench.py --minutes 2     # quicker
     .venv/bin/python ops/bench.py --minutes 2 --guidance 3   # the cost of CFG (batch of 2)
 
-Prints medians over all chunks; RSS and cache bytes at minute 1 and at the last minute of
-generated video (the memory of an endless stream must not grow); the denoiser's achieved
-GFLOP/s (FLOPs counted by torch's FlopCounterMode) next to the bf16 and fp32 matmul
-peaks measured in this same run. The engine runs in the dtype the renderer and the server
-pick on this machine (`--dtype auto`: bf16 on a GPU or a CPU with AMX, else fp32);
-`--dtype bf16` or `--dtype fp32` forces one.
+Prints medians over all chunks, and over the guided chunks after each start and switch
+(what a prompt switch waits for) and the others; RSS and cache bytes at minute 1 and at
+the last minute of generated video (the memory of an endless stream must not grow); the
+denoiser's achieved GFLOP/s (FLOPs counted by torch's FlopCounterMode) next to the bf16
+and fp32 matmul peaks measured in this same run. The engine runs in the dtype the
+renderer and the server pick on this machine (`--dtype auto`: bf16 on a GPU or a CPU with
+AMX, else fp32); `--dtype bf16` or `--dtype fp32` forces one.
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ def main() -> None:
     minute = 60 * fps // fpc
     switch_every = max(1, int(args.switch_every * fps / fpc))
     stages: dict[str, list[float]] = {}
+    by_guidance: dict[bool, list[float]] = {True: [], False: []}  # chunk ms, guided or not
     memory = {}
     t_start = time.perf_counter()
     for k in range(chunks):
@@ -91,9 +93,12 @@ def main() -> None:
             t = time.perf_counter()
             stream.set_prompt(PROMPTS[(k // switch_every) % len(PROMPTS)])
             stages.setdefault("text", []).append((time.perf_counter() - t) * 1e3)
+        guided = stream.guided(k)
         stream.next_chunk()
         for name in ("plan", "recache", "denoise", "cache", "decode", "total"):
             stages.setdefault(name, []).append(stream.stats.ms[name])
+        if k:  # chunk 0 also pays for the warm-up
+            by_guidance[guided].append(stream.stats.ms["total"])
         if (k + 1) % minute == 0:
             m = (k + 1) // minute
             memory[m] = {"rss_mb": rss_mb(), "cache_bytes": stream.cache.nbytes}
@@ -122,6 +127,9 @@ def main() -> None:
         "size": f"{stream.width}x{stream.height}",
         "chunks": chunks,
         "median_ms": {k: round(v, 2) for k, v in med.items()},
+        # what a switch waits for (the guided chunks after it) against the other chunks
+        "median_ms_guided_chunk": round(statistics.median(by_guidance[True] or [0.0]), 2),
+        "median_ms_unguided_chunk": round(statistics.median(by_guidance[False] or [0.0]), 2),
         "realtime_factor": round(video / wall, 2),
         "realtime_factor_median_chunk": round(fpc / fps / (med["total"] / 1e3), 2),
         "rss_mb_minute_1": round(first["rss_mb"], 1),
