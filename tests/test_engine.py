@@ -300,6 +300,21 @@ def test_guidance_interval_guides_only_the_steps_whose_noise_level_it_holds():
     assert Stream(model, PROMPT).sampler.cfg.guidance_interval == (0.0, 0.4)
 
 
+def widest_batches(s: Stream, chunks: int) -> list[int]:
+    """Generate `chunks` chunks; the widest model-call batch of each (passes per step)."""
+    widest: list[int] = []
+    hook = s.model.dit.register_forward_pre_hook(
+        lambda _, inputs: widest.__setitem__(-1, max(widest[-1], inputs[0].shape[0]))
+    )
+    try:
+        for _ in range(chunks):
+            widest.append(0)
+            s.next_chunk()
+    finally:
+        hook.remove()
+    return widest
+
+
 def test_motion_guidance_adds_the_prompt_against_its_motionless_self():
     """Motion guidance W adds W * (v(prompt) - v(prompt with motion unsaid)) to CFG's
     velocity at the steps from its noise level up, as a third group of the same batch;
@@ -355,17 +370,7 @@ def test_motion_guidance_skips_unguided_chunks_and_prompts_that_say_no_motion():
     model.with_sampler(guidance=3.0, guidance_chunks=2, motion_guidance=1.0)
     s = Stream(model, PROMPT, seed=5)
     s.set_prompt("a small blue square in the snow", at_chunk=3)
-    widest: list[int] = []
-    hook = model.dit.register_forward_pre_hook(
-        lambda _, inputs: widest.__setitem__(-1, max(widest[-1], inputs[0].shape[0]))
-    )
-    try:
-        for _ in range(6):
-            widest.append(0)
-            s.next_chunk()
-    finally:
-        hook.remove()
-    assert widest == [3, 3, 1, 2, 2, 1]
+    assert widest_batches(s, 6) == [3, 3, 1, 2, 2, 1]
     assert s.motion_guidance_at(0, s._prompt_at(0)) == 1.0
     assert s.motion_guidance_at(2, s._prompt_at(2)) == 0.0
 
@@ -408,22 +413,10 @@ def test_guidance_chunks_guide_only_the_chunks_after_a_start_or_switch():
     model.with_sampler(guidance=3.0, guidance_chunks=2)
     s = Stream(model, PROMPT, seed=5)
     s.set_prompt("a small blue square moving left in the snow", at_chunk=3)
-    widest: list[int] = []
-    hook = model.dit.register_forward_pre_hook(
-        lambda _, inputs: widest.__setitem__(-1, max(widest[-1], inputs[0].shape[0]))
-    )
-    try:
-        for _ in range(6):
-            widest.append(0)
-            s.next_chunk()
-        assert widest == [2, 2, 1, 2, 2, 1]
-        assert [s.guidance_at(k) for k in range(6)] == [3.0, 3.0, 1.0, 3.0, 3.0, 1.0]
-        s.rewind(4)  # chunk 4 is still within two chunks of the switch at 3
-        widest[:] = [0]
-        s.next_chunk()
-        assert widest == [2]
-    finally:
-        hook.remove()
+    assert widest_batches(s, 6) == [2, 2, 1, 2, 2, 1]
+    assert [s.guidance_at(k) for k in range(6)] == [3.0, 3.0, 1.0, 3.0, 3.0, 1.0]
+    s.rewind(4)  # chunk 4 is still within two chunks of the switch at 3
+    assert widest_batches(s, 1) == [2]
     with pytest.raises(ConfigError, match="guidance_chunks"):
         SamplerConfig(guidance_chunks=-1)
 
