@@ -69,6 +69,12 @@ def check_sampling(steps: object, guidance: object) -> None:
         raise ConfigError(f"guidance must be a finite number >= 0, got {guidance!r}", guidance)
 
 
+def _check_number(name: str, value: object, lo: float, hi: float) -> None:
+    """Raise ConfigError unless value is a number (not a bool) in [lo, hi] (NaN is not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+        raise ConfigError(f"{name} must be a number from {lo} to {hi}, got {value!r}", value)
+
+
 MAX_WARMUP_CHUNKS = 16  # each one delays a stream's first frame by a chunk's compute
 # The sampler settings a user chooses: the flags every tool shares, `endless serve`'s
 # overrides, and what `hello` announces (the rest, e.g. the schedule's shift, is the model's).
@@ -132,15 +138,12 @@ class SamplerConfig:
                 f"warmup_chunks must be at most {MAX_WARMUP_CHUNKS}, got {self.warmup_chunks}",
                 self.warmup_chunks,
             )
-        c = self.context_noise
-        if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0.0 <= c <= 0.5:
-            raise ConfigError(f"context_noise must be a number from 0 to 0.5, got {c!r}", c)
-        m = self.motion_guidance
-        if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0.0 <= m <= 10.0:
-            raise ConfigError(f"motion_guidance must be a number from 0 to 10, got {m!r}", m)
-        f = self.motion_guidance_from
-        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0.0 <= f <= 1.0:
-            raise ConfigError(f"motion_guidance_from must be a number from 0 to 1, got {f!r}", f)
+        for name, hi in (
+            ("context_noise", 0.5),
+            ("motion_guidance", 10),
+            ("motion_guidance_from", 1),
+        ):
+            _check_number(name, getattr(self, name), 0, hi)
         lo, hi = self.guidance_interval
         if not 0.0 <= lo <= hi <= 1.0:
             raise ConfigError(

@@ -38,9 +38,9 @@ class FlowSampler:
     """Denoise one chunk with `velocity(x, sigma, conds)`, the model call.
 
     x stacks len(conds) equal groups on the batch axis; group i is conditioned as conds[i]
-    says (a `Cond`). The passes a step needs run as one batch (cheaper
-    than separate calls): the prompt's alone, or with the empty prompt's for guidance and
-    the motionless prompt's for motion guidance.
+    says (a `Cond`). The passes a step needs run as one batch (cheaper than separate
+    calls): the prompt's alone, or with the empty prompt's for guidance and the motionless
+    prompt's for motion guidance.
     """
 
     def __init__(self, cfg: SamplerConfig):

@@ -139,10 +139,7 @@ def main() -> None:
     result = {
         "model": args.model,
         "dtype": dtype_name(model.dtype),
-        "steps": sampler.steps,
-        "guidance": sampler.guidance,
-        "guidance_interval": list(sampler.guidance_interval),
-        "sampling": sampler.sampling(),
+        **sampler.sampling(),
     }
     if args.prompts:
         result["short"] = short_clips(model, args)
