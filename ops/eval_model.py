@@ -26,7 +26,13 @@ from model.bundle import VideoModel
 from model.precision import add_dtype_option, dtype_name, resolve_dtype
 from model.sampler import add_sampling_options, use_sampling_options
 from model.tinyworld.captions import evaluation_prompts, random_switch
-from model.tinyworld.evaluate import evaluate_frames, merge_confusion, misreadings
+from model.tinyworld.evaluate import (
+    adherence_by_value,
+    evaluate_frames,
+    merge_confusion,
+    misreadings,
+    weakest_values,
+)
 from model.tinyworld.spec import parse_prompt
 from model.tinyworld.steadiness import object_track, stutter
 
@@ -92,6 +98,8 @@ def short_clips(model, args) -> dict:
         "switch_position_jumps_measured": len(jumps),
         "most_misread": misreadings(confusion),
         "confusion": confusion,
+        "adherence_by_value": adherence_by_value(confusion),
+        "weakest_values": weakest_values(confusion),
         "adherence_since_prompt": by_chunks_since_prompt(reports),
         # the object's step across latent-frame boundaries / within them (truth: 1.0)
         "stutter": stutter(tracks, model.config.vae.time_stride),

@@ -219,6 +219,8 @@ def test_wrong_prompt_scores_low():
     assert partly.confusion["colour"] == {"red": {"red": chunks}}
     assert "shape: ring->circle" in partly.summary()
     assert "colour" not in evaluate.misreadings(partly.confusion)
+    assert evaluate.adherence_by_value(partly.confusion)["shape"] == {"ring": 0.0}
+    assert evaluate.weakest_values(partly.confusion, top=1) == f"shape ring 0.0% of {chunks}"
     both = evaluate.merge_confusion([partly.confusion, report.confusion])
     assert both["shape"] == {"ring": {"circle": chunks}, "square": {"circle": chunks}}
 
@@ -250,6 +252,12 @@ def test_adherence_is_scored_by_chunks_since_the_prompt():
     assert report.adherence_since_prompt[0]["colour"] == 0.5
     assert report.adherence_since_prompt[0]["background"] == 1.0
     assert "by chunks since the prompt: 50.0%, 100.0%, 100.0%, 100.0%" in report.summary()
+    # by asked value: the late blue is read right in 3 of its 4 chunks, red in all of its
+    by_value = evaluate.adherence_by_value(report.confusion)
+    assert by_value["colour"] == {"red": 1.0, "blue": 0.75}
+    assert by_value["motion"] == {"bouncing": 1.0}
+    assert evaluate.weakest_values(report.confusion) == "colour blue 75.0% of 4"
+    assert "weakest values colour blue 75.0% of 4" in report.summary()
 
 
 def test_mp4_round_trip_through_cli(tmp_path, capsys):

@@ -356,6 +356,9 @@ class Report:
         misread = misreadings(self.confusion)
         if misread:
             lines.append("most misread " + misread)
+        weakest = weakest_values(self.confusion)
+        if weakest:
+            lines.append("weakest values " + weakest)
         if self.brightness_per_minute:
             b = ", ".join(f"{v:.1f}" for v in self.brightness_per_minute)
             lines.append(f"brightness per minute: {b}")
@@ -386,6 +389,27 @@ def misreadings(confusion: Confusion, top: int = 3) -> str:
         if wrong:
             parts.append(f"{attr}: " + ", ".join(f"{name} {n}" for n, name in wrong[:top]))
     return "; ".join(parts)
+
+
+def adherence_by_value(confusion: Confusion) -> dict[str, dict[str, float]]:
+    """Per attribute and asked value, the fraction of its chunks read as asked, e.g.
+    {'motion': {'bouncing': 0.51, ...}}: which values hold an attribute's rate down."""
+    return {
+        attr: {asked: row.get(asked, 0) / sum(row.values()) for asked, row in table.items()}
+        for attr, table in confusion.items()
+    }
+
+
+def weakest_values(confusion: Confusion, top: int = 3) -> str:
+    """The `top` asked values read correctly least often, below 100%, e.g.
+    'motion bouncing 51.4% of 72, shape ring 90.0% of 40'."""
+    rates = sorted(
+        (rate, attr, asked, sum(confusion[attr][asked].values()))
+        for attr, table in adherence_by_value(confusion).items()
+        for asked, rate in table.items()
+        if rate < 1.0
+    )
+    return ", ".join(f"{a} {v} {100 * r:.1f}% of {n}" for r, a, v, n in rates[:top])
 
 
 def _count_reading(table: Confusion, attr: str, asked: str, read: str, n: int = 1) -> None:
