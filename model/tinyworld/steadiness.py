@@ -6,6 +6,12 @@ motion from the object's track over a chunk, so a staircase blurs the line betwe
 motions (bouncing, circling and the straight ones differ by a few pixels over a chunk).
 The *stutter* is the object's mean frame-to-frame step across latent-frame boundaries
 over its mean step within latent frames: 1.0 on rendered truth, more for a staircase.
+
+From chunk to chunk: `chunk_velocities` fits the object's velocity in each chunk and
+`turns` the angle its direction turns from one chunk to the next. A bounce keeps its
+direction except at an edge, circling turns 45 degrees per half-second chunk, and the
+straight motions never turn; a model that keeps its speed but not its direction turns
+a little in every chunk.
 """
 
 from __future__ import annotations
@@ -50,3 +56,30 @@ def stutter(tracks: Iterable[np.ndarray], period: int) -> float | None:
     if len(a) == 0 or len(w) == 0 or w.mean() <= 1e-4:
         return None
     return float(a.mean() / w.mean())
+
+
+def chunk_velocities(track: np.ndarray, chunk_frames: int, fps: int) -> np.ndarray:
+    """The object's least-squares velocity (frame widths per second) in each whole chunk
+    of `track` (n, 2), unwrapped across the edges: (n // chunk_frames, 2), NaN for a
+    chunk where fewer than 3 frames hold the object."""
+    n = len(track) // chunk_frames
+    out = np.full((n, 2), np.nan)
+    t = np.arange(chunk_frames) / fps
+    for k in range(n):
+        seg = track[k * chunk_frames : (k + 1) * chunk_frames]
+        found = ~np.isnan(seg[:, 0])
+        if found.sum() < 3:
+            continue
+        p = np.unwrap(seg[found], period=1.0, axis=0)
+        out[k] = np.polyfit(t[found], p, 1)[0]
+    return out
+
+
+def turns(velocities: np.ndarray, min_speed: float = 0.05) -> np.ndarray:
+    """Degrees (0..180) the direction turns between consecutive chunks' velocities; NaN
+    where either chunk has no velocity or moves slower than `min_speed` fw/s."""
+    v0, v1 = velocities[:-1], velocities[1:]
+    s0, s1 = np.hypot(*v0.T), np.hypot(*v1.T)
+    cos = (v0 * v1).sum(1) / np.maximum(s0 * s1, 1e-12)
+    angle = np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+    return np.where((s0 >= min_speed) & (s1 >= min_speed), angle, np.nan)
