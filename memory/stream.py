@@ -25,7 +25,7 @@ from model.errors import EndlessError
 from model.sampler import Cond, FlowSampler
 from model.storyboard import chunk_at
 from model.text import EncodedPrompt
-from model.vae import tensor_to_frames
+from model.vae import frames_to_tensor, tensor_to_frames
 
 
 @dataclass
@@ -359,3 +359,27 @@ def follow_timeline(
         if k in switches:
             s.set_prompt(switches[k])
         yield from s.next_chunk()
+
+
+@torch.no_grad()
+def continue_from(
+    model: VideoModel, prompt: str, frames: np.ndarray, given_chunks: int, seed: int = 0
+) -> np.ndarray:
+    """Teacher forcing at inference: the frames of a stream under `prompt` whose first
+    `given_chunks` chunks are `frames`' own (encoded by the model's VAE, cached as context
+    as if generated, and decoded; after the warm-up, if the sampler has one) and whose
+    later chunks, up to `frames`' length in whole chunks, the model makes. With rendered
+    truth as `frames` it tells what a model does from a true past, not from its own."""
+    s = Stream(model, prompt, seed=seed)
+    n = len(frames) // s.frames_per_chunk
+    if not 0 <= given_chunks <= n:
+        raise ValueError(f"given_chunks must be in 0..{n}, not {given_chunks}")
+    out = []
+    if given_chunks:
+        given = frames_to_tensor(frames[: given_chunks * s.frames_per_chunk])
+        latents, _ = model.vae.encode(given.to(model.dtype))
+        f = s.chunk_frames
+        for k in range(given_chunks):
+            out.append(s.commit(s.plan(), latents[:, :, k * f : (k + 1) * f]))
+    out += [s.next_chunk() for _ in range(n - given_chunks)]
+    return np.concatenate(out)

@@ -22,24 +22,13 @@ from collections import Counter
 
 import torch
 
-from memory.stream import Stream
+from memory.stream import Stream, continue_from
 from model.bundle import VideoModel
 from model.precision import add_dtype_option, resolve_dtype
 from model.sampler import add_sampling_options, use_sampling_options
 from model.tinyworld.captions import evaluation_prompts
 from model.tinyworld.evaluate import evaluate_frames
 from model.tinyworld.render import render_clip
-from model.vae import frames_to_tensor
-
-
-def true_latents(model: VideoModel, clip, chunks: int, chunk_frames: int) -> list[torch.Tensor]:
-    state, out = None, []
-    with torch.no_grad():
-        for k in range(chunks):
-            x = frames_to_tensor(clip[k * chunk_frames : (k + 1) * chunk_frames])
-            z, state = model.vae.encode(x.to(model.dtype), state)
-            out.append(z)
-    return out
 
 
 def main() -> None:
@@ -61,18 +50,15 @@ def main() -> None:
     prompts = evaluation_prompts(args.prompts, seed=args.seed)
     for i, prompt in enumerate(prompts):
         timeline = [(0.0, prompt)]
-        s = Stream(model, prompt, seed=i)
-        fpc = s.frames_per_chunk
-        clip = render_clip(timeline, args.chunks * fpc / s.fps, size=s.width, seed=i)
-        for z in true_latents(model, clip, args.chunks - 1, fpc):
-            s.commit(s.plan(), z)
-        plan = s.plan()
-        results = {"true context": s.commit(plan, s.denoise(plan))}
         free = Stream(model, prompt, seed=i)
+        fpc = free.frames_per_chunk
+        clip = render_clip(timeline, args.chunks * fpc / free.fps, size=free.width, seed=i)
+        taught = continue_from(model, prompt, clip, args.chunks - 1, seed=i)
+        results = {"true context": taught[-fpc:]}
         chunks = [free.next_chunk() for _ in range(args.chunks)]
         results["own context"], results["first chunk"] = chunks[-1], chunks[0]
         for name, frames in results.items():
-            report = evaluate_frames(list(frames), timeline, fps=s.fps, chunk_frames=fpc)
+            report = evaluate_frames(list(frames), timeline, fps=free.fps, chunk_frames=fpc)
             for attr, v in report.adherence.items():
                 tally[name][attr] += v or 0.0
     out = {

@@ -10,6 +10,12 @@ velocity (fw/s) and the evaluator's reading of the motion. The summary compares 
 the share of chunks read as asked, the median speed, and the median angle the direction
 turns from one chunk to the next (a bounce turns only at an edge, circling 45 degrees per
 chunk). The evaluator says how often a motion is misread; this says what is drawn instead.
+
+With `--true-context K` the stream's first K chunks are the renderer's truth (encoded by
+the model's VAE and cached as if the model had made them) and the model makes the rest;
+only its own chunks are scored, with the angle between their velocity and the truth's.
+A motion the model keeps from a true path but loses from its own drifts through exposure
+bias (its own errors compound); one it loses from a true path too, it does not know.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import os
 import numpy as np
 import torch
 
-from memory.stream import follow_timeline
+from memory.stream import continue_from, follow_timeline
 from model.bundle import VideoModel
 from model.precision import add_dtype_option, resolve_dtype
 from model.sampler import add_sampling_options, use_sampling_options
@@ -29,7 +35,7 @@ from model.tinyworld.captions import random_attributes
 from model.tinyworld.evaluate import read_motion
 from model.tinyworld.render import render_clip
 from model.tinyworld.spec import MOTIONS
-from model.tinyworld.steadiness import chunk_velocities, object_track, turns
+from model.tinyworld.steadiness import angles_between, chunk_velocities, object_track, turns
 
 CHUNK_FRAMES, FPS = 12, 24  # the evaluator's chunk
 
@@ -46,16 +52,26 @@ def chunk_reads(track: np.ndarray) -> list[str]:
     return out
 
 
-def describe(track: np.ndarray, motion: str) -> dict:
+def describe(
+    track: np.ndarray, motion: str, truth: np.ndarray | None = None, skip: int = 0
+) -> dict:
+    """Per-chunk velocity and reading of a track; the share read as `motion`, speeds,
+    turns and (given the truth's track) angles to the truth's velocity, all scored from
+    chunk `skip` on (the turn into chunk `skip` included)."""
     v = chunk_velocities(track, CHUNK_FRAMES, FPS)
     reads = chunk_reads(track)
-    return {
+    d = {
         "velocities": [[round(float(a), 3), round(float(b), 3)] for a, b in v],
         "reads": reads,
-        "read_as_asked": sum(r == motion for r in reads) / max(1, len(reads)),
-        "speeds": np.hypot(*v.T).tolist(),
-        "turns": turns(v).tolist(),
+        "scored_from": skip,
+        "read_as_asked": sum(r == motion for r in reads[skip:]) / max(1, len(reads) - skip),
+        "speeds": np.hypot(*v[skip:].T).tolist(),
+        "turns": turns(v[max(0, skip - 1) :]).tolist(),
     }
+    if truth is not None:
+        tv = chunk_velocities(truth, CHUNK_FRAMES, FPS)
+        d["angles_to_truth"] = angles_between(v[skip:], tv[skip : len(v)]).tolist()
+    return d
 
 
 def median(values: list[float]) -> float | None:
@@ -65,19 +81,25 @@ def median(values: list[float]) -> float | None:
 
 
 def summary(clips: list[dict]) -> dict:
-    return {
+    out = {
         "read_as_asked": float(np.mean([c["read_as_asked"] for c in clips])),
         "median_speed_fw_s": median([s for c in clips for s in c["speeds"]]),
         "median_turn_deg": median([t for c in clips for t in c["turns"]]),
     }
+    if all("angles_to_truth" in c for c in clips):
+        out["median_angle_to_truth_deg"] = median([a for c in clips for a in c["angles_to_truth"]])
+    return out
 
 
 def line(name: str, d: dict) -> str:
-    chunks = " ".join(
+    chunks = [
         f"{vx:+.2f},{vy:+.2f}:{r.split()[-1][:5]}"
         for (vx, vy), r in zip(d["velocities"], d["reads"], strict=True)
-    )
-    return f"  {name:9s} {chunks}"
+    ]
+    k = d.get("scored_from", 0)
+    if k:
+        chunks.insert(k, "|")  # the true context before, the model's own chunks after
+    return f"  {name:9s} " + " ".join(chunks)
 
 
 def main() -> None:
@@ -86,6 +108,14 @@ def main() -> None:
     ap.add_argument("--motion", default="bouncing", choices=MOTIONS)
     ap.add_argument("--clips", type=int, default=12)
     ap.add_argument("--seconds", type=float, default=6.0)
+    ap.add_argument(
+        "--true-context",
+        type=int,
+        default=0,
+        metavar="K",
+        help="start each stream from K chunks of the renderer's truth (no warm-up) and "
+        "score only the chunks the model makes after them (default 0: it makes all)",
+    )
     add_sampling_options(ap)
     ap.add_argument("--seed", type=int, default=0)
     add_dtype_option(ap, default="bf16")
@@ -95,6 +125,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model = VideoModel.load(args.model, resolve_dtype(args.dtype))
     use_sampling_options(model, args)
+    if args.true_context:
+        model.with_sampler(warmup_chunks=0)
     size = model.config.stream.height
     rng = np.random.default_rng(args.seed)
     made, truth = [], []
@@ -103,10 +135,15 @@ def main() -> None:
         prompt = (
             f"a {attrs.size} {attrs.colour} {attrs.shape} {args.motion} over the {attrs.background}"
         )
-        frames = follow_timeline(model, [(0.0, prompt)], args.seconds, seed=args.seed + i)
-        made.append(describe(object_track(frames), args.motion))
         rendered = render_clip(prompt, args.seconds, size=size, seed=args.seed + i)
-        truth.append(describe(object_track(rendered), args.motion))
+        k = args.true_context
+        if k:
+            frames = continue_from(model, prompt, rendered, k, seed=args.seed + i)
+        else:
+            frames = follow_timeline(model, [(0.0, prompt)], args.seconds, seed=args.seed + i)
+        true_track = object_track(rendered)
+        made.append(describe(object_track(frames), args.motion, true_track if k else None, k))
+        truth.append(describe(true_track, args.motion, skip=k))
         print(prompt)
         print(line("model", made[-1]))
         print(line("rendered", truth[-1]), flush=True)
@@ -114,6 +151,7 @@ def main() -> None:
         "model": args.model,
         "motion": args.motion,
         "clips": args.clips,
+        "true_context": args.true_context,
         **model.config.sampler.sampling(),
         "model_summary": summary(made),
         "rendered_summary": summary(truth),

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from memory.policy import SinkRollingWindow
-from memory.stream import Stream, chunk_noise
+from memory.stream import Stream, chunk_noise, continue_from
 from model.bundle import VideoModel
 from model.config import PRESETS, SamplerConfig, StreamConfig
 from model.dit import block_causal_mask
@@ -220,6 +220,29 @@ def test_chunk_by_chunk_decoding_has_no_seams(model):
         e1, st = vae.encode(whole[:, :, :8])
         e2, _ = vae.encode(whole[:, :, 8:], st)
     assert (torch.cat([e1, e2], dim=2) - enc_whole).abs().max().item() < 1e-4
+
+
+def test_continue_from_caches_the_given_chunks_then_generates(pico):
+    """Teacher forcing at inference: the first chunks shown are the VAE's reconstruction
+    of the given frames, and the model's chunks after them follow from them as context."""
+    from model.tinyworld.render import render_clip
+    from model.vae import frames_to_tensor, tensor_to_frames
+
+    size, fps = pico.config.stream.height, pico.config.stream.fps
+    per_chunk = pico.config.stream.chunk_latent_frames * pico.config.vae.time_stride
+    truth = render_clip(PROMPT, 4 * per_chunk / fps, size=size, seed=1)
+    frames = continue_from(pico, PROMPT, truth, 2, seed=0)
+    assert frames.shape == truth.shape
+    with torch.no_grad():
+        z, _ = pico.vae.encode(frames_to_tensor(truth[: 2 * per_chunk]))
+        recon = tensor_to_frames(pico.vae.decode(z)[0])
+    assert np.abs(frames[: 2 * per_chunk].astype(int) - recon.astype(int)).max() <= 1
+    alone = continue_from(pico, PROMPT, truth, 0, seed=0)
+    assert not np.array_equal(frames[2 * per_chunk :], alone[2 * per_chunk :])
+    longer = render_clip(PROMPT, (4 * per_chunk + 5) / fps, size=size, seed=1)
+    assert np.array_equal(alone, continue_from(pico, PROMPT, longer, 0))  # whole chunks
+    with pytest.raises(ValueError, match="0..4"):
+        continue_from(pico, PROMPT, truth, 5)
 
 
 def test_positions_stay_bounded():

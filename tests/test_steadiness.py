@@ -6,6 +6,7 @@ import numpy as np
 
 from model.tinyworld.render import render_clip
 from model.tinyworld.steadiness import (
+    angles_between,
     chunk_velocities,
     object_track,
     steps_by_phase,
@@ -77,3 +78,11 @@ def test_eval_motion_reads_rendered_bounces_as_bounces():
     assert abs(s["median_speed_fw_s"] - np.hypot(0.25, 0.18)) < 0.02
     assert s["median_turn_deg"] < 5  # straight between edges
     assert describe(object_track(frames), "circling")["read_as_asked"] == 0.0
+
+
+def test_angles_between_velocities():
+    a = np.array([[0.25, 0.0], [0.25, 0.0], [0.01, 0.0], [np.nan, np.nan]])
+    b = np.array([[0.0, -0.25], [-0.25, 0.0], [0.25, 0.0], [0.25, 0.0]])
+    angles = angles_between(a, b)
+    assert np.allclose(angles[:2], [90.0, 180.0])
+    assert np.isnan(angles[2:]).all()  # too slow to have a direction, or no velocity

@@ -75,11 +75,16 @@ def chunk_velocities(track: np.ndarray, chunk_frames: int, fps: int) -> np.ndarr
     return out
 
 
+def angles_between(a: np.ndarray, b: np.ndarray, min_speed: float = 0.05) -> np.ndarray:
+    """Degrees (0..180) between the velocities a[i] and b[i] (both (n, 2)); NaN where
+    either is missing or slower than `min_speed` fw/s."""
+    sa, sb = np.hypot(*a.T), np.hypot(*b.T)
+    cos = (a * b).sum(1) / np.maximum(sa * sb, 1e-12)
+    angle = np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+    return np.where((sa >= min_speed) & (sb >= min_speed), angle, np.nan)
+
+
 def turns(velocities: np.ndarray, min_speed: float = 0.05) -> np.ndarray:
     """Degrees (0..180) the direction turns between consecutive chunks' velocities; NaN
     where either chunk has no velocity or moves slower than `min_speed` fw/s."""
-    v0, v1 = velocities[:-1], velocities[1:]
-    s0, s1 = np.hypot(*v0.T), np.hypot(*v1.T)
-    cos = (v0 * v1).sum(1) / np.maximum(s0 * s1, 1e-12)
-    angle = np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
-    return np.where((s0 >= min_speed) & (s1 >= min_speed), angle, np.nan)
+    return angles_between(velocities[:-1], velocities[1:], min_speed)
