@@ -21,7 +21,8 @@ Training matches inference (memory/stream.py) exactly:
     the context instead of the truth (see own_context), against exposure bias;
   * with --schedule-prob, a share of chunks train at the default sampler's noise levels;
   * with --decay-minutes, the learning rate anneals over the run's last minutes;
-  * with --first-chunk-every, some steps train streams' first chunks alone (see first_chunks).
+  * with --first-chunk-every, some steps train streams' first chunks alone (see first_chunks);
+  * with --focus-motion and --focus-prob, a share of sequences open with the named motions.
 A pool of encoded sequences is refreshed a little every step, so the VAE encoder costs
 little; on a GPU (`--device cuda`, see ops/train_on_gpu.sh) `--workers` processes render
 the new sequences ahead and the pool encodes them in batches. Writes
@@ -47,7 +48,7 @@ from model.precision import add_dtype_option, resolve_dtype
 from model.sampler import shift_sigma, sigmas
 from model.teacher_forcing import TeacherForcingLayout
 from model.tinyworld.sequences import Sequence, SequenceParams, SequenceSource
-from model.tinyworld.spec import parse_prompt
+from model.tinyworld.spec import VOCAB, parse_prompt
 
 
 def object_cells(x: torch.Tensor, time_stride: int, cells: int) -> torch.Tensor:
@@ -336,6 +337,21 @@ def main() -> None:
     )
     ap.add_argument("--first-chunk-batch", type=int, default=24)
     ap.add_argument(
+        "--focus-motion",
+        nargs="+",
+        default=[],
+        choices=VOCAB["motion"],
+        metavar="MOTION",
+        help="motions to show more often (quote two-word ones: 'moving left')",
+    )
+    ap.add_argument(
+        "--focus-prob",
+        type=float,
+        default=0.0,
+        help="fraction of sequences that open with one of --focus-motion (0: the grammar's "
+        "uniform draw)",
+    )
+    ap.add_argument(
         "--workers",
         type=int,
         default=0,
@@ -348,6 +364,8 @@ def main() -> None:
     ap.add_argument("--save-every", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    if not 0.0 <= args.focus_prob <= 1.0 or (args.focus_prob and not args.focus_motion):
+        ap.error("--focus-prob takes a fraction in [0, 1] and needs --focus-motion")
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -374,7 +392,13 @@ def main() -> None:
     t0 = time.time()
     chunk_frames = model.config.stream.chunk_latent_frames * model.config.vae.time_stride
     seq_params = SequenceParams(
-        args.chunks, chunk_frames, model.config.stream.height, args.switch_prob, args.far_sink_prob
+        args.chunks,
+        chunk_frames,
+        model.config.stream.height,
+        args.switch_prob,
+        args.far_sink_prob,
+        focus_motions=tuple(args.focus_motion),
+        focus_prob=args.focus_prob,
     )
     source = SequenceSource(rng, seq_params, args.workers)
     pool = LatentPool(model, source, rng, args)

@@ -3,6 +3,7 @@ training sequences reach it."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from multiprocessing import shared_memory
 from types import SimpleNamespace
 
@@ -102,3 +103,22 @@ def test_dtype_fp32_keeps_the_trainers_matmuls_in_fp32():
         assert layer(x).dtype == torch.float32
     with mixed_precision("cpu", SimpleNamespace(dtype="bf16")):
         assert layer(x).dtype == torch.bfloat16
+
+
+def test_focus_motions_open_that_share_of_sequences_and_keep_held_out_triples_out():
+    from model.tinyworld.captions import _held_out, random_attributes
+    from model.tinyworld.sequences import opening_attributes
+
+    def draws(p: SequenceParams, n: int = 700) -> list:
+        rng = np.random.default_rng(3)
+        return [opening_attributes(rng, p) for _ in range(n)]
+
+    plain = draws(P)
+    focused = draws(replace(P, focus_motions=("bouncing",), focus_prob=0.5))
+    share = [sum(a.motion == "bouncing" for a in d) / len(d) for d in (plain, focused)]
+    # uniform over 7 motions: 1/7; half the sequences forced: 1/2 + 1/14
+    assert abs(share[0] - 1 / 7) < 0.05 and abs(share[1] - (0.5 + 1 / 14)) < 0.06
+    assert not any(_held_out(a) for a in focused)
+    # no focus motions: the grammar's draw alone, number for number
+    rng = np.random.default_rng(3)
+    assert plain == [random_attributes(rng) for _ in plain]

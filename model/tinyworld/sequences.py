@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import multiprocessing
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing import shared_memory
 
 import numpy as np
 
 from model.tinyworld.captions import changed, random_attributes, random_caption, random_switch
 from model.tinyworld.render import World
+from model.tinyworld.spec import Attributes
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,10 @@ class SequenceParams:
     size: int
     switch_prob: float  # chance of a prompt switch at each chunk boundary
     far_sink_prob: float  # chance that the first chunk comes from long before the rest
+    # motions shown more often than the grammar's uniform draw (e.g. the model's weakest):
+    # with focus_prob a sequence opens with one of them
+    focus_motions: tuple[str, ...] = ()
+    focus_prob: float = 0.0
 
     @property
     def frames_shape(self) -> tuple[int, int, int, int]:
@@ -53,7 +58,7 @@ def sample_sequence(
     chunks before the rest, as the attention sink is) and the chunks after it, with prompt
     switches at chunk boundaries and captions that leave attributes out. Frames are drawn
     into `out` when given."""
-    attrs = random_attributes(rng)
+    attrs = opening_attributes(rng, p)
     world = World(attrs, seed=int(rng.integers(2**62)), size=p.size)
     caption = random_caption(rng, attrs)
     gap = int(rng.integers(1, 40)) if rng.random() < p.far_sink_prob else 0
@@ -77,6 +82,18 @@ def sample_sequence(
             for _ in range(p.chunk_frames):
                 world.advance(scratch)
     return Sequence(frames, captions, gap > 0)
+
+
+def opening_attributes(rng: np.random.Generator, p: SequenceParams) -> Attributes:
+    """A sequence's first scene: uniform over the grammar, or with p.focus_prob its motion
+    one of p.focus_motions. The motion is not part of a held-out (colour, shape, background)
+    triple, so those stay out; without focus motions no extra number is drawn, and the
+    sequences a seed gives are the same as before the option existed."""
+    attrs = random_attributes(rng)
+    if p.focus_motions and rng.random() < p.focus_prob:
+        motion = p.focus_motions[int(rng.integers(len(p.focus_motions)))]
+        attrs = replace(attrs, motion=motion)
+    return attrs
 
 
 _block: shared_memory.SharedMemory | None = None  # a worker's view of the parent's slots
