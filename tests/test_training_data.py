@@ -106,8 +106,9 @@ def test_dtype_fp32_keeps_the_trainers_matmuls_in_fp32():
 
 
 def test_focus_motions_open_that_share_of_sequences_and_keep_held_out_triples_out():
-    from model.tinyworld.captions import _held_out, random_attributes
+    from model.tinyworld.captions import random_attributes
     from model.tinyworld.sequences import opening_attributes
+    from model.tinyworld.spec import is_held_out
 
     def draws(p: SequenceParams, n: int = 700) -> list:
         rng = np.random.default_rng(3)
@@ -118,7 +119,7 @@ def test_focus_motions_open_that_share_of_sequences_and_keep_held_out_triples_ou
     share = [sum(a.motion == "bouncing" for a in d) / len(d) for d in (plain, focused)]
     # uniform over 7 motions: 1/7; half the sequences forced: 1/2 + 1/14
     assert abs(share[0] - 1 / 7) < 0.05 and abs(share[1] - (0.5 + 1 / 14)) < 0.06
-    assert not any(_held_out(a) for a in focused)
+    assert not any(is_held_out(a.colour, a.shape, a.background) for a in focused)
     # no focus motions: the grammar's draw alone, number for number
     rng = np.random.default_rng(3)
     assert plain == [random_attributes(rng) for _ in plain]

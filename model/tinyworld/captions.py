@@ -27,7 +27,7 @@ from model.tinyworld.spec import (
 _SWITCH_KINDS = (("background",), ("colour", "shape"), ("motion",), ATTRIBUTE_NAMES)
 
 
-def _pick(rng: np.random.Generator, words: tuple[str, ...]) -> str:
+def pick(rng: np.random.Generator, words: tuple[str, ...]) -> str:
     return words[int(rng.integers(len(words)))]
 
 
@@ -49,7 +49,7 @@ def held_out_triples() -> list[tuple[str, str, str]]:
 def random_attributes(rng: np.random.Generator, allow_held_out: bool = False) -> Attributes:
     """All five attributes uniformly at random, never a held-out triple unless allowed."""
     while True:
-        a = Attributes(**{name: _pick(rng, VOCAB[name]) for name in ATTRIBUTE_NAMES})
+        a = Attributes(**{name: pick(rng, VOCAB[name]) for name in ATTRIBUTE_NAMES})
         if allow_held_out or not _held_out(a):
             return a
 
@@ -87,7 +87,7 @@ def random_switch(rng: np.random.Generator, attrs: Attributes) -> Attributes:
         for i in names:
             name = kind[int(i)]
             options = tuple(w for w in VOCAB[name] if w != getattr(attrs, name))
-            change[name] = _pick(rng, options)
+            change[name] = pick(rng, options)
         new = Attributes(**change).merged_over(attrs)
         if not _held_out(new):
             return new
@@ -155,7 +155,7 @@ def evaluation_prompts(n: int, seed: int = 0) -> list[str]:
             c, s, b = held[int(order[j % len(held)])]
         else:
             s, b = SHAPES[j % len(SHAPES)], BACKGROUND_NAMES[j % len(BACKGROUND_NAMES)]
-            c = _pick(rng, tuple(c for c in COLOUR_NAMES if not is_held_out(c, s, b)))
+            c = pick(rng, tuple(c for c in COLOUR_NAMES if not is_held_out(c, s, b)))
         size, motion = SIZE_NAMES[j % len(SIZE_NAMES)], MOTIONS[j % len(MOTIONS)]
         a = Attributes(colour=c, shape=s, size=size, motion=motion, background=b)
         prompts.append(a.caption())

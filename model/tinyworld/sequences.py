@@ -22,7 +22,13 @@ from multiprocessing import shared_memory
 
 import numpy as np
 
-from model.tinyworld.captions import changed, random_attributes, random_caption, random_switch
+from model.tinyworld.captions import (
+    changed,
+    pick,
+    random_attributes,
+    random_caption,
+    random_switch,
+)
 from model.tinyworld.render import World
 from model.tinyworld.spec import Attributes
 
@@ -91,8 +97,7 @@ def opening_attributes(rng: np.random.Generator, p: SequenceParams) -> Attribute
     sequences a seed gives are the same as before the option existed."""
     attrs = random_attributes(rng)
     if p.focus_motions and rng.random() < p.focus_prob:
-        motion = p.focus_motions[int(rng.integers(len(p.focus_motions)))]
-        attrs = replace(attrs, motion=motion)
+        attrs = replace(attrs, motion=pick(rng, p.focus_motions))
     return attrs
 
 
