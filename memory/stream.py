@@ -20,7 +20,7 @@ import torch
 from memory.cache import CacheLayout, ContextCache
 from memory.policy import CachePolicy, SinkRollingWindow
 from model.bundle import VideoModel
-from model.dit import AttnContext, block_causal_mask
+from model.dit import AttnContext, block_causal_mask, chunk_prev
 from model.errors import EndlessError
 from model.sampler import Cond, FlowSampler
 from model.storyboard import chunk_at
@@ -42,6 +42,7 @@ class ChunkPlan:
     context: AttnContext | None
     n_context: int  # latent frames in the context
     noise: torch.Tensor  # (1, z, F, h, w)
+    prev: torch.Tensor | None = None  # the DiT's `prev` input (models with prev_frames)
 
 
 def chunk_noise(seed: int, chunk: int, shape, dtype) -> torch.Tensor:
@@ -223,7 +224,28 @@ class Stream:
         shape = (1, z, self.chunk_frames, self.latent_h, self.latent_w)
         noise = chunk_noise(self.seed, k, shape, self.model.dtype)
         ctx = self.cache.attn_context(self.model.dit)
-        return ChunkPlan(k, prompt, ctx, len(self.cache.context_frames()), noise)
+        prev = chunk_prev(self._latents_before(), self.chunk_frames)
+        return ChunkPlan(k, prompt, ctx, len(self.cache.context_frames()), noise, prev)
+
+    def _latents_before(self) -> torch.Tensor | None:
+        """The DiT's `prev_frames` latent frames just before the next chunk, as its
+        context shows them (at the sampler's context noise, as in training); None when
+        the model takes none, zeros before a stream's first chunk."""
+        p = self.model.config.dit.prev_frames
+        if not p:
+            return None
+        head = self.cache.head
+        frames = list(range(head - p, head))
+        context = self.cache.context_frames()
+        if head < p or any(f not in context for f in frames):
+            z = self.model.config.vae.z_dim
+            return torch.zeros((1, z, p, self.latent_h, self.latent_w), dtype=self.model.dtype)
+        latents = self.cache.context_latents()[:, :, [context.index(f) for f in frames]]
+        sigma_c = self.model.config.sampler.context_noise
+        if sigma_c > 0:
+            noise = context_frame_noise(self.seed, frames, latents)
+            latents = (1 - sigma_c) * latents + sigma_c * noise
+        return latents
 
     def _text(self, prompt: EncodedPrompt, cond: bool = True) -> torch.Tensor:
         tokens = prompt.tokens if cond else self._null
@@ -247,7 +269,8 @@ class Stream:
         def velocity(x, sigma, conds):
             s = torch.full((x.shape[0], self.chunk_frames), sigma)
             text = torch.cat([texts[c] for c in conds])
-            return dit(x, s, text, positions, ctx=plan.context)
+            prev = None if plan.prev is None else plan.prev.expand(x.shape[0], -1, -1, -1, -1)
+            return dit(x, s, text, positions, ctx=plan.context, prev=prev)
 
         guidance = self.guidance_at(plan.chunk)
         return self.sampler.sample(plan.noise, velocity, self.steps, guidance, None, motion)

@@ -46,6 +46,9 @@ class DiTConfig:
     qk_norm: bool = True
     cross_attn_norm: bool = True
     eps: float = 1e-6
+    # latent frames just before a chunk, shown to each of its tokens beside its own noisy
+    # latents (0: none, as Wan); see WanModel.forward's `prev`
+    prev_frames: int = 0
 
 
 @dataclass(frozen=True)

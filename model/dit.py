@@ -217,6 +217,9 @@ class WanModel(nn.Module):
         self.cfg = cfg
         d = cfg.dim
         self.patch_embedding = nn.Conv3d(cfg.in_dim, d, cfg.patch_size, stride=cfg.patch_size)
+        if cfg.prev_frames:  # the frames before a chunk, patch by patch (see forward)
+            patch_cells = cfg.prev_frames * cfg.in_dim * math.prod(cfg.patch_size)
+            self.prev_embedding = nn.Linear(patch_cells, d, bias=False)
         self.text_embedding = nn.Sequential(
             nn.Linear(cfg.text_dim, d), nn.GELU(approximate="tanh"), nn.Linear(d, d)
         )
@@ -231,7 +234,8 @@ class WanModel(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
         nn.init.xavier_uniform_(self.patch_embedding.weight.flatten(1))
         for m in self.text_embedding.modules():
             if isinstance(m, nn.Linear):
@@ -240,6 +244,8 @@ class WanModel(nn.Module):
             if isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, std=0.02)
         nn.init.normal_(self.head.head.weight, std=0.02)
+        if self.cfg.prev_frames:  # starts as a no-op: a trained model gains it unchanged
+            nn.init.zeros_(self.prev_embedding.weight)
 
     # -- pieces --------------------------------------------------------------------------
     def grid(self, x: torch.Tensor) -> tuple[int, int, int]:
@@ -252,12 +258,15 @@ class WanModel(nn.Module):
 
     def patchify(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, F, H, W) -> (B, F*h*w, dim) through patch_embedding (a strided conv)."""
+        w = self.patch_embedding.weight.flatten(1).to(x.dtype)
+        return F.linear(self.patches(x), w, self.patch_embedding.bias.to(x.dtype))
+
+    def patches(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, F, H, W) -> (B, F*h*w, C*pt*ph*pw): the cells of each token, frame-major."""
         b, c, f, hh, ww = x.shape
         pt, ph, pw = self.cfg.patch_size
-        x = x.view(b, c, f // pt, pt, hh // ph, ph, ww // pw, pw)
-        x = x.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, -1, c * pt * ph * pw)
-        w = self.patch_embedding.weight.flatten(1).to(x.dtype)
-        return F.linear(x, w, self.patch_embedding.bias.to(x.dtype))
+        x = x.reshape(b, c, f // pt, pt, hh // ph, ph, ww // pw, pw)
+        return x.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, -1, c * pt * ph * pw)
 
     def unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         f, h, w = grid
@@ -292,6 +301,7 @@ class WanModel(nn.Module):
         ctx: AttnContext | None = None,
         mask: torch.Tensor | None = None,
         return_kv: bool = False,
+        prev: torch.Tensor | None = None,
     ):
         """Velocity for latent frames x (B, C, F, H, W) at noise levels sigma (B, F).
 
@@ -301,10 +311,17 @@ class WanModel(nn.Module):
         mask: optional (N, Nctx + N) boolean attention mask (True = may attend), or a
               TeacherForcingLayout, for training on whole sequences chunk-causally.
         return_kv: also return the per-layer pre-rotary (k, v) of x, for caching.
+        prev: with cfg.prev_frames = P, (B, P*C, F, H, W): for each frame of x the P latent
+              frames before its chunk (zeros where there are none: a stream's first
+              chunk, or frames that are context themselves). Embedded patch by patch and
+              added to the tokens, so each token sees where the scene just was at its own
+              place, sub-token shifts included (a bounce moves a third of a token a frame).
         """
         grid = self.grid(x)
         frames = grid[0]
         tokens = self.patchify(x)  # (B, N, dim)
+        if self.cfg.prev_frames and prev is not None:
+            tokens = tokens + self.prev_embedding(self.patches(prev.to(tokens.dtype)))
         e, e0 = self.time_embeddings(sigma)
         text = self.embed_text(context)  # (B, L, dim)
         angles = self.frame_angles(positions, x.shape[3], x.shape[4])
@@ -317,6 +334,16 @@ class WanModel(nn.Module):
                 kvs.append(kv)
         out = self.unpatchify(self.head(tokens, e, frames), grid)
         return (out, kvs) if return_kv else out
+
+
+def chunk_prev(before: torch.Tensor | None, frames: int) -> torch.Tensor | None:
+    """The `prev` input of a chunk of `frames` latent frames: the latents before it,
+    `before` (B, C, P, H, W), folded to (B, P*C, frames, H, W) (the same for every frame)."""
+    if before is None:
+        return None
+    b, c, p, h, w = before.shape
+    folded = before.transpose(1, 2).reshape(b, p * c, 1, h, w)
+    return folded.expand(b, p * c, frames, h, w)
 
 
 def block_causal_mask(

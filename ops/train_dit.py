@@ -36,6 +36,7 @@ import argparse
 import copy
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -44,9 +45,10 @@ import torch.nn.functional as F
 
 from model.bundle import VideoModel
 from model.checkpoint import load_strict, read_checkpoint, save_checkpoint
+from model.config import preset
 from model.precision import add_dtype_option, resolve_dtype
 from model.sampler import shift_sigma, sigmas
-from model.teacher_forcing import TeacherForcingLayout
+from model.teacher_forcing import TeacherForcingLayout, prev_of_chunks
 from model.tinyworld.sequences import Sequence, SequenceParams, SequenceSource
 from model.tinyworld.spec import VOCAB, parse_prompt
 
@@ -192,9 +194,23 @@ def teacher_forced_velocity(
         ctx_sigma[own] = 0.0
     x = torch.cat([x_ctx, x_noisy], dim=2)  # (B, z, 2n, h, w)
     s = torch.cat([ctx_sigma, sigma], dim=1)
+    prev = noisy_copy_prev(dit, x_ctx, chunk)  # what each chunk's context ends with
     with mixed_precision(z.device.type, args):
-        v = dit(x, s, torch.cat([clean_tokens, tokens], dim=1), positions, mask=layout)
+        text = torch.cat([clean_tokens, tokens], dim=1)
+        v = dit(x, s, text, positions, mask=layout, prev=prev)
     return v[:, :, n:]
+
+
+def noisy_copy_prev(dit, x_ctx: torch.Tensor, chunk: int) -> torch.Tensor | None:
+    """The `prev` input over [clean copy | noisy copy]: the noisy chunk c gets the last
+    latent frames of the context before it, as the stream gives them at inference (the
+    context copy, noised or the model's own); the clean copy, like the cache's keys and
+    values at inference, gets none (zeros)."""
+    p = dit.cfg.prev_frames
+    if not p:
+        return None
+    prev = prev_of_chunks(x_ctx, chunk, p)
+    return torch.cat([torch.zeros_like(prev), prev], dim=2)
 
 
 @torch.no_grad()
@@ -214,8 +230,9 @@ def own_context(dit, z, tokens, positions, layout, chunk: int, args) -> torch.Te
     x_noisy = noised(z, level, torch.randn_like(z))
     x = torch.cat([z, x_noisy], dim=2)
     s = torch.cat([torch.zeros_like(level), level], dim=1)
+    prev = noisy_copy_prev(dit, z, chunk)  # each chunk is made after the true one before it
     with mixed_precision(z.device.type, args):
-        v = dit(x, s, torch.cat([tokens, tokens], dim=1), positions, mask=layout)
+        v = dit(x, s, torch.cat([tokens, tokens], dim=1), positions, mask=layout, prev=prev)
     return x_noisy - level[:, None, :, None, None] * v[:, :, n:].float()
 
 
@@ -352,6 +369,19 @@ def main() -> None:
         "uniform draw)",
     )
     ap.add_argument(
+        "--prev-frames",
+        type=int,
+        default=0,
+        help="latent frames before a chunk given to its tokens as extra input (DiTConfig"
+        ".prev_frames); from an --init without them the new input starts at zero",
+    )
+    ap.add_argument(
+        "--prev-lr-mult",
+        type=float,
+        default=1.0,
+        help="learning-rate multiple for the prev-frames embedding (new weights learn faster)",
+    )
+    ap.add_argument(
         "--workers",
         type=int,
         default=0,
@@ -371,11 +401,17 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / "last.safetensors"
 
-    model = VideoModel.from_seed(args.seed, args.preset)
+    config = preset(args.preset)
+    config = replace(config, dit=replace(config.dit, prev_frames=args.prev_frames))
+    torch.manual_seed(args.seed)
+    model = VideoModel(config)
     step = 0
     if args.init and not state_path.exists():
         # continue from a full model (e.g. the shipped weights): VAE, text and DiT
         _, tensors, meta = read_checkpoint(args.init)
+        if args.prev_frames and "dit.prev_embedding.weight" not in tensors:
+            tensors["dit.prev_embedding.weight"] = model.dit.prev_embedding.weight.detach()
+            print("the prev-frames input is new: it starts at zero", flush=True)
         load_strict(model, tensors, args.init)
         step = int(meta.get("step", 0))
         print(f"initialised from {args.init} (step {step})", flush=True)
@@ -415,7 +451,12 @@ def main() -> None:
     for p in params:
         p.requires_grad_(True)
     model.dit.train()
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
+    new = [p for n, p in model.dit.named_parameters() if n.startswith("prev_embedding.")]
+    rest = [p for p in params if all(p is not q for q in new)]
+    groups = [{"params": rest, "lr_mult": 1.0}]
+    if new:
+        groups.append({"params": new, "lr_mult": args.prev_lr_mult})
+    opt = torch.optim.AdamW(groups, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
     opt_path = out / "opt.pt"
     if state_path.exists() and opt_path.exists():
         opt.load_state_dict(torch.load(opt_path, map_location=args.device))
@@ -439,8 +480,9 @@ def main() -> None:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
+        factor = lr_factor(step - start_step, t_end - time.time(), args)
         for g in opt.param_groups:
-            g["lr"] = args.lr * lr_factor(step - start_step, t_end - time.time(), args)
+            g["lr"] = args.lr * g["lr_mult"] * factor
         opt.step()
         step += 1
         with torch.no_grad():
