@@ -237,15 +237,19 @@ class Stream:
         head = self.cache.head
         frames = list(range(head - p, head))
         context = self.cache.context_frames()
-        if head < p or any(f not in context for f in frames):
+        if any(f not in context for f in frames):  # a stream's first chunk
             z = self.model.config.vae.z_dim
             return torch.zeros((1, z, p, self.latent_h, self.latent_w), dtype=self.model.dtype)
         latents = self.cache.context_latents()[:, :, [context.index(f) for f in frames]]
+        return self._as_context(latents, frames)
+
+    def _as_context(self, latents: torch.Tensor, frames: list[int]) -> torch.Tensor:
+        """Latents of absolute latent frames `frames` as later chunks see them: at the
+        sampler's context noise, each frame's noise fixed by (seed, frame)."""
         sigma_c = self.model.config.sampler.context_noise
-        if sigma_c > 0:
-            noise = context_frame_noise(self.seed, frames, latents)
-            latents = (1 - sigma_c) * latents + sigma_c * noise
-        return latents
+        if sigma_c <= 0:
+            return latents
+        return (1 - sigma_c) * latents + sigma_c * context_frame_noise(self.seed, frames, latents)
 
     def _text(self, prompt: EncodedPrompt, cond: bool = True) -> torch.Tensor:
         tokens = prompt.tokens if cond else self._null
@@ -341,14 +345,15 @@ class Stream:
         """Per-layer keys/values of finished latents (absolute latent frames `frames`) as
         later chunks will see them: at the sampler's context noise level, as in training
         (diffusion forcing)."""
-        sigma_c = self.model.config.sampler.context_noise
-        x = latents
-        if sigma_c > 0:
-            noise = context_frame_noise(self.seed, frames, latents)
-            x = (1 - sigma_c) * latents + sigma_c * noise
-        s = torch.full((1, latents.shape[2]), sigma_c)
+        s = torch.full((1, latents.shape[2]), self.model.config.sampler.context_noise)
         _, kvs = self.model.dit(
-            x, s, self._text(prompt), positions, ctx=ctx, mask=mask, return_kv=True
+            self._as_context(latents, frames),
+            s,
+            self._text(prompt),
+            positions,
+            ctx=ctx,
+            mask=mask,
+            return_kv=True,
         )
         return kvs
 

@@ -346,6 +346,20 @@ def chunk_prev(before: torch.Tensor | None, frames: int) -> torch.Tensor | None:
     return folded.expand(b, p * c, frames, h, w)
 
 
+def prev_of_chunks(x: torch.Tensor, chunk: int, p: int) -> torch.Tensor:
+    """The `prev` input for a sequence x (B, C, n, H, W) made chunk by chunk (training's
+    teacher forcing): each frame of chunk c gets the p latent frames before chunk c, as
+    `chunk_prev` folds them, or zeros where fewer than p come before (a stream's first
+    chunk). Returns (B, p*C, n, H, W)."""
+    b, c, n, h, w = x.shape
+    out = x.new_zeros((b, p * c, n, h, w))
+    for start in range(0, n, chunk):
+        if start >= p:
+            frames = min(chunk, n - start)
+            out[:, :, start : start + frames] = chunk_prev(x[:, :, start - p : start], frames)
+    return out
+
+
 def block_causal_mask(
     q_chunks: list[int], k_chunks: list[int], tokens_per_frame: int
 ) -> torch.Tensor:

@@ -66,17 +66,3 @@ def _prefix_plus_own(x: torch.Tensor, prefix: int, own: slice, noisy: slice) -> 
     head = x[:, :, :prefix]
     clean = torch.cat([head, x[:, :, own]], dim=2)
     return torch.cat([clean, torch.cat([head, x[:, :, noisy]], dim=2)])
-
-
-def prev_of_chunks(x: torch.Tensor, chunk: int, p: int) -> torch.Tensor:
-    """The DiT's `prev` input for a sequence x (B, C, n, H, W) generated chunk by chunk:
-    each frame of chunk c gets the p latent frames before chunk c (zeros for chunks
-    with fewer than p frames before them, as a stream's first chunk), folded as
-    `model.dit.chunk_prev` folds them. Returns (B, p*C, n, H, W)."""
-    b, c, n, h, w = x.shape
-    out = x.new_zeros((b, p * c, n, h, w))
-    for start in range(0, n, chunk):
-        if start >= p:
-            before = x[:, :, start - p : start].transpose(1, 2).reshape(b, p * c, 1, h, w)
-            out[:, :, start : start + chunk] = before
-    return out

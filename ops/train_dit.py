@@ -46,9 +46,10 @@ import torch.nn.functional as F
 from model.bundle import VideoModel
 from model.checkpoint import load_strict, read_checkpoint, save_checkpoint
 from model.config import preset
+from model.dit import prev_of_chunks
 from model.precision import add_dtype_option, resolve_dtype
 from model.sampler import shift_sigma, sigmas
-from model.teacher_forcing import TeacherForcingLayout, prev_of_chunks
+from model.teacher_forcing import TeacherForcingLayout
 from model.tinyworld.sequences import Sequence, SequenceParams, SequenceSource
 from model.tinyworld.spec import VOCAB, parse_prompt
 
@@ -452,7 +453,7 @@ def main() -> None:
         p.requires_grad_(True)
     model.dit.train()
     new = [p for n, p in model.dit.named_parameters() if n.startswith("prev_embedding.")]
-    rest = [p for p in params if all(p is not q for q in new)]
+    rest = [p for p in params if id(p) not in {id(q) for q in new}]
     groups = [{"params": rest, "lr_mult": 1.0}]
     if new:
         groups.append({"params": new, "lr_mult": args.prev_lr_mult})

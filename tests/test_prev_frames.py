@@ -15,8 +15,8 @@ from memory.policy import SinkRollingWindow
 from memory.stream import Stream, chunk_noise, context_frame_noise
 from model.bundle import VideoModel
 from model.config import PRESETS
-from model.dit import chunk_prev
-from model.teacher_forcing import TeacherForcingLayout, prev_of_chunks
+from model.dit import chunk_prev, prev_of_chunks
+from model.teacher_forcing import TeacherForcingLayout
 from ops.train_dit import noisy_copy_prev
 
 torch.set_num_threads(1)
