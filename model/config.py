@@ -49,6 +49,10 @@ class DiTConfig:
     # latent frames just before a chunk, shown to each of its tokens beside its own noisy
     # latents (0: none, as Wan); see WanModel.forward's `prev`
     prev_frames: int = 0
+    # attention also returns *where* what each token attended to lies, relative to it:
+    # values rotated by their keys' positions and the output back by the query's (VO-RoPE),
+    # through a zero-initialised projection of its own; see WanSelfAttention
+    relative_values: bool = False
 
 
 @dataclass(frozen=True)

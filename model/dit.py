@@ -105,7 +105,26 @@ class AttnContext:
 
 
 class WanSelfAttention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, qk_norm: bool = True, eps: float = 1e-6):
+    """Self-attention with 3D rotary embedding on queries and keys (Wan's).
+
+    relative_values adds a second read of the same attention weights: each value rotated by
+    its key's position, the sum rotated back by the query's, so it carries the attended
+    tokens' positions relative to the query (sum_j a_ij R(p_j - p_i) v_j). Su Jianlin calls
+    this VO-RoPE ("The second type of rotary position encoding", kexue.fm/archives/10862,
+    2025); RoVE (arXiv 2606.11275) studies it in language models. Plain RoPE values carry
+    no position, so without it a token learns where a moving object was a frame ago only
+    through which offsets its heads prefer. Its own projection `o_rel` starts at zero: a
+    trained model gains it unchanged.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        qk_norm: bool = True,
+        eps: float = 1e-6,
+        relative_values: bool = False,
+    ):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
@@ -115,6 +134,7 @@ class WanSelfAttention(nn.Module):
         self.o = nn.Linear(dim, dim)
         self.norm_q = WanRMSNorm(dim, eps) if qk_norm else nn.Identity()
         self.norm_k = WanRMSNorm(dim, eps) if qk_norm else nn.Identity()
+        self.o_rel = nn.Linear(dim, dim, bias=False) if relative_values else None
 
     def project_kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pre-rotary keys and values of x (B, N, dim) -> 2 x (B, N, heads, hd)."""
@@ -134,14 +154,22 @@ class WanSelfAttention(nn.Module):
             ck, cv = (t.to(x.dtype).expand(b, -1, -1, -1) for t in ctx_kv)
             k = torch.cat([apply_rope(ck, ctx_angles), k], dim=1)
             v_all = torch.cat([cv, v], dim=1)
+            key_angles = torch.cat([ctx_angles, angles])
         else:
-            v_all = v
+            v_all, key_angles = v, angles
+        if self.o_rel is not None:  # both reads in one call: values [v | R(p_j) v]
+            v_all = torch.cat([v_all, apply_rope(v_all, key_angles)], dim=-1)
         q, k, v_all = q.transpose(1, 2), k.transpose(1, 2), v_all.transpose(1, 2)
         if isinstance(mask, TeacherForcingLayout):  # training: same result, far less work
-            out = mask.attend(q, k, v_all)  # (B, heads, N, hd)
+            out = mask.attend(q, k, v_all)  # (B, heads, N, hd or 2 hd)
         else:
             out = F.scaled_dot_product_attention(q, k, v_all, attn_mask=mask)
-        return self.o(out.transpose(1, 2).reshape(b, n, -1)), (k_raw, v)
+        out = out.transpose(1, 2)  # (B, N, heads, hd or 2 hd)
+        y = self.o(out[..., : self.head_dim].reshape(b, n, -1))
+        if self.o_rel is not None:
+            rel = apply_rope(out[..., self.head_dim :], -angles)  # back by the query's place
+            y = y + self.o_rel(rel.reshape(b, n, -1))
+        return y, (k_raw, v)
 
 
 class WanCrossAttention(WanSelfAttention):
@@ -160,7 +188,9 @@ class WanAttentionBlock(nn.Module):
         super().__init__()
         d = cfg.dim
         self.norm1 = WanLayerNorm(d, cfg.eps)
-        self.self_attn = WanSelfAttention(d, cfg.num_heads, cfg.qk_norm, cfg.eps)
+        self.self_attn = WanSelfAttention(
+            d, cfg.num_heads, cfg.qk_norm, cfg.eps, cfg.relative_values
+        )
         self.norm3 = WanLayerNorm(d, cfg.eps, True) if cfg.cross_attn_norm else nn.Identity()
         self.cross_attn = WanCrossAttention(d, cfg.num_heads, cfg.qk_norm, cfg.eps)
         self.norm2 = WanLayerNorm(d, cfg.eps)
@@ -244,8 +274,14 @@ class WanModel(nn.Module):
             if isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, std=0.02)
         nn.init.normal_(self.head.head.weight, std=0.02)
-        if self.cfg.prev_frames:  # starts as a no-op: a trained model gains it unchanged
-            nn.init.zeros_(self.prev_embedding.weight)
+        for name, p in self.named_parameters():  # no-ops at first: see grown_parameter
+            if grown_parameter(name):
+                nn.init.zeros_(p)
+
+    def grown_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """The optional inputs' parameters (prev_frames, relative_values): zero at first, so
+        a checkpoint trained without them loads with them and means the same."""
+        return [(n, p) for n, p in self.named_parameters() if grown_parameter(n)]
 
     # -- pieces --------------------------------------------------------------------------
     def grid(self, x: torch.Tensor) -> tuple[int, int, int]:
@@ -334,6 +370,11 @@ class WanModel(nn.Module):
                 kvs.append(kv)
         out = self.unpatchify(self.head(tokens, e, frames), grid)
         return (out, kvs) if return_kv else out
+
+
+def grown_parameter(name: str) -> bool:
+    """Whether a WanModel parameter belongs to an optional input grown on a trained model."""
+    return name.startswith("prev_embedding.") or ".self_attn.o_rel." in name
 
 
 def chunk_prev(before: torch.Tensor | None, frames: int) -> torch.Tensor | None:

@@ -377,10 +377,19 @@ def main() -> None:
         ".prev_frames); from an --init without them the new input starts at zero",
     )
     ap.add_argument(
+        "--relative-values",
+        action="store_true",
+        help="attention also reads where what it attends to lies (DiTConfig.relative_values,"
+        " VO-RoPE); from an --init without it the new projections start at zero",
+    )
+    ap.add_argument(
+        "--new-lr-mult",
         "--prev-lr-mult",
+        dest="new_lr_mult",
         type=float,
         default=1.0,
-        help="learning-rate multiple for the prev-frames embedding (new weights learn faster)",
+        help="learning-rate multiple for the optional inputs' weights (--prev-frames, "
+        "--relative-values): grown on a trained model, they learn faster",
     )
     ap.add_argument(
         "--workers",
@@ -403,16 +412,20 @@ def main() -> None:
     state_path = out / "last.safetensors"
 
     config = preset(args.preset)
-    config = replace(config, dit=replace(config.dit, prev_frames=args.prev_frames))
+    dit_config = replace(
+        config.dit, prev_frames=args.prev_frames, relative_values=args.relative_values
+    )
+    config = replace(config, dit=dit_config)
     torch.manual_seed(args.seed)
     model = VideoModel(config)
     step = 0
     if args.init and not state_path.exists():
         # continue from a full model (e.g. the shipped weights): VAE, text and DiT
         _, tensors, meta = read_checkpoint(args.init)
-        if args.prev_frames and "dit.prev_embedding.weight" not in tensors:
-            tensors["dit.prev_embedding.weight"] = model.dit.prev_embedding.weight.detach()
-            print("the prev-frames input is new: it starts at zero", flush=True)
+        for name, p in model.dit.grown_parameters():
+            if f"dit.{name}" not in tensors:
+                tensors[f"dit.{name}"] = p.detach()
+                print(f"{name} is new: it starts at zero", flush=True)
         load_strict(model, tensors, args.init)
         step = int(meta.get("step", 0))
         print(f"initialised from {args.init} (step {step})", flush=True)
@@ -452,11 +465,11 @@ def main() -> None:
     for p in params:
         p.requires_grad_(True)
     model.dit.train()
-    new = [p for n, p in model.dit.named_parameters() if n.startswith("prev_embedding.")]
+    new = [p for _, p in model.dit.grown_parameters()]
     rest = [p for p in params if id(p) not in {id(q) for q in new}]
     groups = [{"params": rest, "lr_mult": 1.0}]
     if new:
-        groups.append({"params": new, "lr_mult": args.prev_lr_mult})
+        groups.append({"params": new, "lr_mult": args.new_lr_mult})
     opt = torch.optim.AdamW(groups, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
     opt_path = out / "opt.pt"
     if state_path.exists() and opt_path.exists():

@@ -1,8 +1,10 @@
-"""The DiT's prev-frames input: the latents just before a chunk, given to its tokens.
+"""The DiT's optional inputs, grown on a trained model: the prev-frames input (the latents
+just before a chunk, given to its tokens) and relative values (attention also reads where
+what it attends to lies).
 
 Training (ops/train_dit.py's teacher forcing) and inference (memory/stream.py) must
-give a chunk the same `prev`, and a model that gains the input from a checkpoint
-without it must start out exactly as that checkpoint."""
+compute a chunk the same way, and a model that gains an input from a checkpoint without
+it must start out exactly as that checkpoint."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from memory.policy import SinkRollingWindow
 from memory.stream import Stream, chunk_noise, context_frame_noise
 from model.bundle import VideoModel
 from model.config import PRESETS
-from model.dit import chunk_prev, prev_of_chunks
+from model.dit import WanSelfAttention, apply_rope, chunk_prev, prev_of_chunks
 from model.teacher_forcing import TeacherForcingLayout
 from ops.train_dit import noisy_copy_prev
 
@@ -24,19 +26,22 @@ torch.set_num_threads(1)
 PROMPT = "a big red circle bouncing over the ocean"
 
 
-def prev_model(prev_frames: int, seed: int = 0, context_noise: float = 0.0) -> VideoModel:
-    """The micro preset at 32x32 with the prev-frames input, its weights not zero."""
+def grown_model(
+    prev_frames: int, relative_values: bool = False, seed: int = 0, context_noise: float = 0.0
+) -> VideoModel:
+    """The micro preset at 32x32 with optional inputs, their weights not zero."""
     cfg = PRESETS["micro"]
     cfg = replace(
         cfg,
         stream=replace(cfg.stream, height=32, width=32),
-        dit=replace(cfg.dit, prev_frames=prev_frames),
+        dit=replace(cfg.dit, prev_frames=prev_frames, relative_values=relative_values),
         sampler=replace(cfg.sampler, context_noise=context_noise),
     )
     torch.manual_seed(seed)
     model = VideoModel(cfg)
     with torch.no_grad():
-        model.dit.prev_embedding.weight.normal_(std=0.2)
+        for _, p in model.dit.grown_parameters():
+            p.normal_(std=0.2)
     return model
 
 
@@ -60,7 +65,7 @@ def test_a_new_prev_input_starts_as_a_no_op():
 
 def test_prev_changes_the_output_once_trained():
     """With non-zero weights the input is used: other prev latents, other velocity."""
-    model = prev_model(2)
+    model = grown_model(2)
     x = torch.randn(1, 4, 2, 4, 4)
     text = torch.randn(1, model.config.dit.text_len, model.config.dit.text_dim)
     s = torch.full((1, 2), 0.5)
@@ -85,12 +90,15 @@ def test_prev_of_chunks_gives_each_chunk_the_frames_before_it():
     torch.testing.assert_close(out[:, 3:, 2], x[:, :, 1])
 
 
-@pytest.mark.parametrize("context_noise", [0.0, 0.05])
-def test_a_stream_gives_each_chunk_the_prev_training_gives_it(context_noise):
+@pytest.mark.parametrize(
+    "prev_frames, relative_values, context_noise",
+    [(2, False, 0.0), (2, False, 0.05), (0, True, 0.05), (2, True, 0.0)],
+)
+def test_a_stream_computes_each_chunk_as_training_does(prev_frames, relative_values, context_noise):
     """The stream's velocity for chunk k equals the trainer's teacher-forced velocity for
     the noisy copy of chunk k, the clean copy being the chunks the stream made (noised as
     the stream noises its context) and `prev` built by the trainer's noisy_copy_prev."""
-    model = prev_model(2, context_noise=context_noise)
+    model = grown_model(prev_frames, relative_values, context_noise=context_noise)
     dit, cfg = model.dit, model.config
     chunk, n_chunks = cfg.stream.chunk_latent_frames, 4
     policy = SinkRollingWindow(sink=chunk, window=n_chunks * chunk, margin=0)
@@ -145,10 +153,74 @@ def chunk_noise_of(s: Stream, k: int) -> torch.Tensor:
 
 def test_a_stream_keeps_the_prev_input_through_rewinds():
     """A rewound chunk gets the same prev, so it regenerates identically."""
-    model = prev_model(2)
+    model = grown_model(2)
     s = Stream(model, PROMPT, seed=1)
     frames = [s.next_chunk() for _ in range(6)]
     s.rewind(4)
     again = [s.next_chunk() for _ in range(2)]
     for a, b in zip(frames[4:], again, strict=True):
         assert (a == b).all()
+
+
+def test_relative_values_start_as_a_no_op():
+    """Built with relative_values, the DiT's output equals the same weights without it."""
+    cfg = PRESETS["micro"]
+    torch.manual_seed(0)
+    plain = VideoModel(cfg)
+    gained = VideoModel(replace(cfg, dit=replace(cfg.dit, relative_values=True)))
+    grown = {f"dit.{n}": p for n, p in gained.dit.grown_parameters()}
+    assert grown and all(not p.any() for p in grown.values())
+    gained.load_state_dict({**plain.state_dict(), **grown})
+    x = torch.randn(1, 4, 2, 8, 8)
+    text = torch.randn(1, cfg.dit.text_len, cfg.dit.text_dim)
+    sigma = torch.full((1, 2), 0.5)
+    with torch.no_grad():
+        before = plain.dit(x, sigma, text, torch.arange(2))
+        after = gained.dit(x, sigma, text, torch.arange(2))
+    torch.testing.assert_close(after, before)
+
+
+def relative_attention() -> WanSelfAttention:
+    torch.manual_seed(3)
+    attn = WanSelfAttention(24, 2, relative_values=True)
+    with torch.no_grad():
+        attn.o_rel.weight.normal_(std=0.3)
+    return attn
+
+
+def test_relative_values_read_positions_relative_to_the_query():
+    """The extra read is sum_j a_ij R(p_j - p_i) v_j, checked against a loop over pairs."""
+    attn = relative_attention()
+    n, heads, hd = 6, 2, 12
+    x = torch.randn(1, n, 24)
+    angles = torch.randn(n, hd // 2)
+    with torch.no_grad():
+        out, (k_raw, v) = attn(x, angles)
+        q = apply_rope(attn.norm_q(attn.q(x)).view(1, n, heads, hd), angles)
+        k = apply_rope(k_raw, angles)
+        a = torch.softmax(torch.einsum("bihd,bjhd->bhij", q, k) / hd**0.5, dim=-1)
+        rel = torch.zeros(1, n, heads, hd)
+        for i in range(n):
+            for j in range(n):
+                rotated = apply_rope(v[:, j : j + 1], (angles[j] - angles[i])[None])
+                rel[:, i] += a[:, :, i, j, None] * rotated[:, 0]
+        plain = torch.einsum("bhij,bjhd->bihd", a, v)
+        want = attn.o(plain.reshape(1, n, -1)) + attn.o_rel(rel.reshape(1, n, -1))
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
+
+
+def test_relative_values_do_not_see_absolute_positions():
+    """Shifting every token's place by the same amount leaves the output unchanged (as
+    RoPE's scores are): the read is relative, not where the tokens are."""
+    attn = relative_attention()
+    x, angles = torch.randn(1, 6, 24), torch.randn(6, 6)
+    shift = torch.randn(1, 6)
+    with torch.no_grad():
+        a, _ = attn(x, angles)
+        b, _ = attn(x, angles + shift)
+        ctx_kv = attn.project_kv(torch.randn(1, 4, 24))
+        ctx_angles = torch.randn(4, 6)
+        c, _ = attn(x, angles, ctx_kv, ctx_angles)
+        d, _ = attn(x, angles + shift, ctx_kv, ctx_angles + shift)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(c, d, atol=1e-5, rtol=1e-5)
