@@ -157,17 +157,17 @@ class WanSelfAttention(nn.Module):
             key_angles = torch.cat([ctx_angles, angles])
         else:
             v_all, key_angles = v, angles
-        if self.o_rel is not None:  # both reads in one call: values [v | R(p_j) v]
-            v_all = torch.cat([v_all, apply_rope(v_all, key_angles)], dim=-1)
-        q, k, v_all = q.transpose(1, 2), k.transpose(1, 2), v_all.transpose(1, 2)
-        if isinstance(mask, TeacherForcingLayout):  # training: same result, far less work
-            out = mask.attend(q, k, v_all)  # (B, heads, N, hd or 2 hd)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v_all, attn_mask=mask)
-        out = out.transpose(1, 2)  # (B, N, heads, hd or 2 hd)
-        y = self.o(out[..., : self.head_dim].reshape(b, n, -1))
-        if self.o_rel is not None:
-            rel = apply_rope(out[..., self.head_dim :], -angles)  # back by the query's place
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
+
+        def attend(values: torch.Tensor) -> torch.Tensor:  # (B, Nk, heads, hd) -> (B, N, ...)
+            values = values.transpose(1, 2)
+            if isinstance(mask, TeacherForcingLayout):  # training: same result, less work
+                return mask.attend(q, k, values).transpose(1, 2)
+            return F.scaled_dot_product_attention(q, k, values, attn_mask=mask).transpose(1, 2)
+
+        y = self.o(attend(v_all).reshape(b, n, -1))
+        if self.o_rel is not None:  # a second call: CPU kernels fuse only equal q/v widths
+            rel = apply_rope(attend(apply_rope(v_all, key_angles)), -angles)
             y = y + self.o_rel(rel.reshape(b, n, -1))
         return y, (k_raw, v)
 
