@@ -154,9 +154,8 @@ class WanSelfAttention(nn.Module):
             ck, cv = (t.to(x.dtype).expand(b, -1, -1, -1) for t in ctx_kv)
             k = torch.cat([apply_rope(ck, ctx_angles), k], dim=1)
             v_all = torch.cat([cv, v], dim=1)
-            key_angles = torch.cat([ctx_angles, angles])
         else:
-            v_all, key_angles = v, angles
+            v_all = v
         q, k = q.transpose(1, 2), k.transpose(1, 2)
 
         def attend(values: torch.Tensor) -> torch.Tensor:  # (B, Nk, heads, hd) -> (B, N, ...)
@@ -167,6 +166,7 @@ class WanSelfAttention(nn.Module):
 
         y = self.o(attend(v_all).reshape(b, n, -1))
         if self.o_rel is not None:  # a second call: CPU kernels fuse only equal q/v widths
+            key_angles = angles if ctx_kv is None else torch.cat([ctx_angles, angles])
             rel = apply_rope(attend(apply_rope(v_all, key_angles)), -angles)
             y = y + self.o_rel(rel.reshape(b, n, -1))
         return y, (k_raw, v)
@@ -274,9 +274,8 @@ class WanModel(nn.Module):
             if isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, std=0.02)
         nn.init.normal_(self.head.head.weight, std=0.02)
-        for name, p in self.named_parameters():  # no-ops at first: see grown_parameter
-            if grown_parameter(name):
-                nn.init.zeros_(p)
+        for _, p in self.grown_parameters():  # no-ops at first: a trained model gains them
+            nn.init.zeros_(p)
 
     def grown_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """The optional inputs' parameters (prev_frames, relative_values): zero at first, so

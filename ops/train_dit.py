@@ -466,7 +466,8 @@ def main() -> None:
         p.requires_grad_(True)
     model.dit.train()
     new = [p for _, p in model.dit.grown_parameters()]
-    rest = [p for p in params if id(p) not in {id(q) for q in new}]
+    new_ids = {id(p) for p in new}
+    rest = [p for p in params if id(p) not in new_ids]
     groups = [{"params": rest, "lr_mult": 1.0}]
     if new:
         groups.append({"params": new, "lr_mult": args.new_lr_mult})
