@@ -355,6 +355,13 @@ def main() -> None:
     )
     ap.add_argument("--first-chunk-batch", type=int, default=24)
     ap.add_argument(
+        "--accum",
+        type=int,
+        default=1,
+        help="micro-batches of --batch (or --first-chunk-batch) per optimizer step: a step "
+        "sees accum times as many sequences, for a large batch in a small memory",
+    )
+    ap.add_argument(
         "--focus-motion",
         nargs="+",
         default=[],
@@ -486,14 +493,18 @@ def main() -> None:
     t_end = time.time() + args.minutes * 60
     losses = []
     while time.time() < t_end:
-        pool.refresh(args.refresh)
-        if args.first_chunk_every and step % args.first_chunk_every == 0:
-            z, idx, obj, far = first_chunks(pool, args.first_chunk_batch)
-        else:
-            z, idx, obj, far = pool.batch(args.batch)
-        loss = training_loss(model, z, idx, obj, far, args, rng)
+        first = args.first_chunk_every and step % args.first_chunk_every == 0
+
+        def micro_batch():
+            pool.refresh(args.refresh)
+            if first:
+                return first_chunks(pool, args.first_chunk_batch)
+            return pool.batch(args.batch)
+
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = accumulated_backward(
+            lambda: training_loss(model, *micro_batch(), args, rng), args.accum
+        )
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         factor = lr_factor(step - start_step, t_end - time.time(), args)
         for g in opt.param_groups:
@@ -506,7 +517,7 @@ def main() -> None:
                 pe.lerp_(pm, 1 - decay)
             for be, bm in zip(ema.buffers(), model.buffers(), strict=True):
                 be.copy_(bm)
-        losses.append(loss.item())
+        losses.append(loss)
         if step % 20 == 0:
             lr = opt.param_groups[0]["lr"]
             msg = {"step": step, "loss": float(np.mean(losses)), "lr": lr, "time": time.time()}
@@ -519,6 +530,18 @@ def main() -> None:
             save(model, ema, opt, step, out)
     save(model, ema, opt, step, out)
     source.close()
+
+
+def accumulated_backward(micro_loss, k: int) -> float:
+    """Gradients of the mean of k micro-batch losses, drawn and back-propagated one at a
+    time so that memory holds one micro-batch (a CPU takes the GPU run's batch this way);
+    returns that mean."""
+    total = 0.0
+    for _ in range(k):
+        loss = micro_loss() / k
+        loss.backward()
+        total += loss.item()
+    return total
 
 
 def mixed_precision(device_type: str, args):

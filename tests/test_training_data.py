@@ -12,7 +12,7 @@ import torch
 
 from model.bundle import VideoModel
 from model.tinyworld.sequences import SequenceParams, SequenceSource, _render_into, sample_sequence
-from ops.train_dit import LatentPool, mixed_precision, recache_variant
+from ops.train_dit import LatentPool, accumulated_backward, mixed_precision, recache_variant
 
 A, B, C = [1, 1, 0, 0, 0], [1, 2, 0, 0, 0], [3, 2, 0, 0, 0]  # slot value indices
 
@@ -123,3 +123,19 @@ def test_focus_motions_open_that_share_of_sequences_and_keep_held_out_triples_ou
     # no focus motions: the grammar's draw alone, number for number
     rng = np.random.default_rng(3)
     assert plain == [random_attributes(rng) for _ in plain]
+
+
+def test_accumulated_micro_batches_give_the_gradient_of_their_mean_loss():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(4, 1)
+    batches = [torch.randn(3, 4) for _ in range(3)]
+    loss_of = [lambda x=x: layer(x).pow(2).mean() for x in batches]
+    drawn = iter(loss_of)
+    mean = accumulated_backward(lambda: next(drawn)(), 3)
+    got = layer.weight.grad.clone()
+    layer.weight.grad = None
+    want = sum(f() for f in loss_of) / 3
+    want.backward()
+    assert torch.allclose(got, layer.weight.grad, atol=1e-6)
+    assert abs(mean - want.item()) < 1e-6
+    assert next(drawn, None) is None  # each micro-batch drawn once
