@@ -237,6 +237,12 @@ def own_context(dit, z, tokens, positions, layout, chunk: int, args) -> torch.Te
     return x_noisy - level[:, None, :, None, None] * v[:, :, n:].float()
 
 
+def draw(pool: LatentPool, first: bool, args):
+    """One micro-batch after a refresh of the pool: first chunks alone, or sequences."""
+    pool.refresh(args.refresh)
+    return first_chunks(pool, args.first_chunk_batch) if first else pool.batch(args.batch)
+
+
 def first_chunks(pool: LatentPool, b: int):
     """A batch of streams' first chunks alone (text-to-video, no context).
 
@@ -493,17 +499,11 @@ def main() -> None:
     t_end = time.time() + args.minutes * 60
     losses = []
     while time.time() < t_end:
-        first = args.first_chunk_every and step % args.first_chunk_every == 0
-
-        def micro_batch():
-            pool.refresh(args.refresh)
-            if first:
-                return first_chunks(pool, args.first_chunk_batch)
-            return pool.batch(args.batch)
-
+        first = bool(args.first_chunk_every) and step % args.first_chunk_every == 0
         opt.zero_grad(set_to_none=True)
         loss = accumulated_backward(
-            lambda: training_loss(model, *micro_batch(), args, rng), args.accum
+            lambda first=first: training_loss(model, *draw(pool, first, args), args, rng),
+            args.accum,
         )
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         factor = lr_factor(step - start_step, t_end - time.time(), args)
