@@ -96,6 +96,14 @@ def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
     return out.flatten(-2)
 
 
+def attend(q: torch.Tensor, k: torch.Tensor, values: torch.Tensor, mask) -> torch.Tensor:
+    """q, k (B, heads, N, hd) and values (B, Nk, heads, hd) -> (B, N, heads, hd)."""
+    values = values.transpose(1, 2)
+    if isinstance(mask, TeacherForcingLayout):  # training: same result, far less work
+        return mask.attend(q, k, values).transpose(1, 2)
+    return F.scaled_dot_product_attention(q, k, values, attn_mask=mask).transpose(1, 2)
+
+
 @dataclass
 class AttnContext:
     """Keys/values a chunk attends to besides itself, one (k, v) per layer, pre-rotary."""
@@ -157,17 +165,10 @@ class WanSelfAttention(nn.Module):
         else:
             v_all = v
         q, k = q.transpose(1, 2), k.transpose(1, 2)
-
-        def attend(values: torch.Tensor) -> torch.Tensor:  # (B, Nk, heads, hd) -> (B, N, ...)
-            values = values.transpose(1, 2)
-            if isinstance(mask, TeacherForcingLayout):  # training: same result, less work
-                return mask.attend(q, k, values).transpose(1, 2)
-            return F.scaled_dot_product_attention(q, k, values, attn_mask=mask).transpose(1, 2)
-
-        y = self.o(attend(v_all).reshape(b, n, -1))
+        y = self.o(attend(q, k, v_all, mask).reshape(b, n, -1))
         if self.o_rel is not None:  # a second call: CPU kernels fuse only equal q/v widths
             key_angles = angles if ctx_kv is None else torch.cat([ctx_angles, angles])
-            rel = apply_rope(attend(apply_rope(v_all, key_angles)), -angles)
+            rel = apply_rope(attend(q, k, apply_rope(v_all, key_angles), mask), -angles)
             y = y + self.o_rel(rel.reshape(b, n, -1))
         return y, (k_raw, v)
 
