@@ -47,3 +47,10 @@ def add_dtype_option(parser: argparse.ArgumentParser, default: str = "auto") -> 
         help="compute dtype; auto: bf16 on a GPU or a CPU with AMX, fp32 on other CPUs "
         "(default %(default)s)",
     )
+
+
+def mixed_precision(device_type: str, name: str):
+    """The autocast context for a --dtype name: bf16 autocast, or fp32 throughout (a
+    disabled autocast) where the name resolves to fp32."""
+    dtype = resolve_dtype(name, device_type)
+    return torch.autocast(device_type, dtype=dtype, enabled=dtype != torch.float32)

@@ -2,7 +2,7 @@
 just before a chunk, given to its tokens) and relative values (attention also reads where
 what it attends to lies).
 
-Training (ops/train_dit.py's teacher forcing) and inference (memory/stream.py) must
+Training (model/training/objective.py, teacher forcing) and inference (memory/stream.py) must
 compute a chunk the same way, and a model that gains an input from a checkpoint without
 it must start out exactly as that checkpoint."""
 
@@ -19,7 +19,7 @@ from model.bundle import VideoModel
 from model.config import PRESETS
 from model.dit import WanSelfAttention, apply_rope, chunk_prev, prev_of_chunks
 from model.teacher_forcing import TeacherForcingLayout
-from ops.train_dit import noisy_copy_prev
+from model.training.objective import noisy_copy_prev
 
 torch.set_num_threads(1)
 

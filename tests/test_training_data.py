@@ -11,8 +11,11 @@ import numpy as np
 import torch
 
 from model.bundle import VideoModel
+from model.precision import mixed_precision
 from model.tinyworld.sequences import SequenceParams, SequenceSource, _render_into, sample_sequence
-from ops.train_dit import LatentPool, accumulated_backward, mixed_precision, recache_variant
+from model.training.objective import recache_variant
+from model.training.pool import LatentPool
+from model.training.step import accumulated_backward
 
 A, B, C = [1, 1, 0, 0, 0], [1, 2, 0, 0, 0], [3, 2, 0, 0, 0]  # slot value indices
 
@@ -99,9 +102,9 @@ def test_the_pool_encodes_a_batch_as_it_would_encode_each_sequence_alone():
 
 def test_dtype_fp32_keeps_the_trainers_matmuls_in_fp32():
     layer, x = torch.nn.Linear(4, 4), torch.randn(2, 4)
-    with mixed_precision("cpu", SimpleNamespace(dtype="fp32")):
+    with mixed_precision("cpu", "fp32"):
         assert layer(x).dtype == torch.float32
-    with mixed_precision("cpu", SimpleNamespace(dtype="bf16")):
+    with mixed_precision("cpu", "bf16"):
         assert layer(x).dtype == torch.bfloat16
 
 

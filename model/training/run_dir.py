@@ -1,0 +1,67 @@
+"""A training run's directory, from which it resumes: last.safetensors (the train state),
+model.safetensors (the full VideoModel with EMA weights: what `endless render --model`
+and the evaluator use) and opt.pt (the optimizer's moments)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+
+from model.bundle import VideoModel
+from model.checkpoint import load_strict, read_checkpoint, save_checkpoint
+
+
+class RunDir:
+    def __init__(self, out: str | Path):
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.state = self.out / "last.safetensors"
+        self.ema = self.out / "model.safetensors"
+        self.opt = self.out / "opt.pt"
+        self.log = self.out / "log.jsonl"
+
+    def load_model(self, model: VideoModel, init: str | None, vae: str) -> int:
+        """Fill `model` and return its step: the run's own state when it has one, else
+        `init` (a full model, e.g. the shipped weights; inputs it lacks start at zero),
+        else a fresh denoiser on the trained VAE `vae`."""
+        step = 0
+        if self.state.exists():
+            _, tensors, meta = read_checkpoint(self.state)
+            load_strict(model, tensors, str(self.state))
+            step = int(meta.get("step", 0))
+            print(f"resumed at step {step}", flush=True)
+        elif init:
+            _, tensors, meta = read_checkpoint(init)
+            for name, p in model.dit.grown_parameters():
+                if f"dit.{name}" not in tensors:
+                    tensors[f"dit.{name}"] = p.detach()
+                    print(f"{name} is new: it starts at zero", flush=True)
+            load_strict(model, tensors, init)
+            step = int(meta.get("step", 0))
+            print(f"initialised from {init} (step {step})", flush=True)
+        else:
+            _, vae_tensors, _ = read_checkpoint(vae)
+            load_strict(model.vae, vae_tensors, vae)
+        return step
+
+    def resume(self, model: VideoModel, opt: torch.optim.Optimizer) -> VideoModel:
+        """The optimizer's moments and the EMA model, from the run's files when it is a
+        resumed run, else the EMA starts as a copy of `model`."""
+        ema = copy.deepcopy(model)
+        if self.state.exists():
+            if self.opt.exists():
+                device = next(model.parameters()).device
+                opt.load_state_dict(torch.load(self.opt, map_location=device))
+            if self.ema.exists():
+                _, tensors, _ = read_checkpoint(self.ema)
+                load_strict(ema, tensors, str(self.ema))
+        ema.requires_grad_(False)
+        return ema
+
+    def save(self, model: VideoModel, ema: VideoModel, opt, step: int) -> None:
+        meta = {"step": str(step)}
+        save_checkpoint(self.state, model.state_dict(), model.config, meta)
+        ema.save(self.ema, meta)
+        torch.save(opt.state_dict(), self.opt)
