@@ -32,7 +32,7 @@ from model.bundle import VideoModel
 from model.precision import add_dtype_option, resolve_dtype
 from model.sampler import add_sampling_options, use_sampling_options
 from model.tinyworld.captions import random_attributes
-from model.tinyworld.evaluate import read_motion
+from model.tinyworld.reading import read_motion
 from model.tinyworld.render import render_clip
 from model.tinyworld.spec import MOTIONS
 from model.tinyworld.steadiness import angles_between, chunk_velocities, object_track, turns

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from memory.stream import Stream
 from model.bundle import VideoModel
-from model.tinyworld.evaluate import FrameReader
+from model.tinyworld.reading import FrameReader
 from model.tinyworld.spec import BACKGROUND_NAMES
 
 A = "a big red circle bouncing over the ocean"

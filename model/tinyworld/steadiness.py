@@ -20,7 +20,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from model.tinyworld.evaluate import FrameReader
+from model.tinyworld.reading import FrameReader
 
 
 def object_track(frames: Iterable[np.ndarray]) -> np.ndarray:
