@@ -13,20 +13,22 @@ Training matches inference (memory/stream.py) exactly:
     captions that leave attributes out, so the model learns to change what is asked and
     keep the rest; half the switch sequences condition the context on the new prompt, the
     state LongLive's KV re-cache makes, and every sequence trains only the chunks whose
-    state inference makes (see recache_variant); 10% of sequences drop the noisy copy's
+    state inference makes (objective.recache_variant); 10% of sequences drop the noisy copy's
     prompt (classifier-free guidance; the context keeps its prompt, as the cache does);
   * the clean context carries a small random noise level (diffusion forcing), told to the
     model through its per-frame time embedding, for robustness to its own outputs;
   * with --own-context, a share of sequences show the model's own one-step estimate of
-    the context instead of the truth (see own_context), against exposure bias;
+    the context instead of the truth (objective.own_context), against exposure bias;
   * with --schedule-prob, a share of chunks train at the default sampler's noise levels;
   * with --decay-minutes, the learning rate anneals over the run's last minutes;
-  * with --first-chunk-every, some steps train streams' first chunks alone (see first_chunks);
+  * with --first-chunk-every, some steps train streams' first chunks alone
+    (pool.first_chunks);
   * with --focus-motion and --focus-prob, a share of sequences open with the named motions.
 A pool of encoded sequences is refreshed a little every step, so the VAE encoder costs
 little; on a GPU (`--device cuda`, see ops/train_on_gpu.sh) `--workers` processes render
 the new sequences ahead and the pool encodes them in batches. The pieces live in
-model/training/; what the run directory (--out) holds is in model/training/run_dir.py.
+model/training/ (objective.py, pool.py, step.py); what the run directory (--out) holds
+and how a run resumes from it is in run_dir.py.
 """
 
 from __future__ import annotations
