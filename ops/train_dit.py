@@ -232,7 +232,7 @@ def main() -> None:
         first = bool(args.first_chunk_every) and step % args.first_chunk_every == 0
         opt.zero_grad(set_to_none=True)
         loss = accumulated_backward(
-            lambda first=first: training_loss(model, *draw(pool, first, args), args, rng),
+            lambda first=first: training_loss(model, *draw(pool, first, args), args),
             args.accum,
         )
         torch.nn.utils.clip_grad_norm_(params, 1.0)

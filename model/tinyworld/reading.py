@@ -20,7 +20,7 @@ from model.tinyworld.render import (
     BOUNCE_SPEED,
     CIRCLE_RADIUS,
     CIRCLE_TURNS_PER_S,
-    SPEED,
+    DIRECTIONS,
     base_rows,
     shape_distance,
 )
@@ -242,14 +242,7 @@ def read_motion(track: np.ndarray, t: np.ndarray) -> int:
     p = np.unwrap(track, period=1.0, axis=0)
     t = t - t[0]
     fits = {}
-    directions = {
-        "moving left": (-SPEED, 0.0),
-        "moving right": (SPEED, 0.0),
-        "moving up": (0.0, -SPEED),
-        "moving down": (0.0, SPEED),
-        "standing still": (0.0, 0.0),
-    }
-    for name, v in directions.items():
+    for name, v in DIRECTIONS.items():  # the renderer's own velocities
         fits[name] = _rms_offset(p - t[:, None] * np.asarray(v))
     fits["bouncing"] = math.sqrt(
         (

@@ -49,7 +49,7 @@ N_FLAKES, FLAKE_RGB, FLAKE_SPEED = 60, (255, 255, 255), 0.15
 N_TRUNKS, TRUNK_RGB, TRUNK_WIDTH = 6, (18, 60, 28), 0.03
 WAVES = {"ocean": (25.0, 4.0, 0.2), "desert": (15.0, 3.0, 0.05)}  # amplitude, cycles/W, Hz
 
-_DIRECTIONS = {
+DIRECTIONS = {  # the straight motions' velocities, fw/s (x right, y down)
     "moving left": (-SPEED, 0.0),
     "moving right": (SPEED, 0.0),
     "moving up": (0.0, -SPEED),
@@ -204,13 +204,13 @@ class World:
             self._anchor = _Anchor(0, pos, self._start_velocity(a, pos))
         else:
             pos = tuple(float(v) for v in self.rng.uniform(0, 1, 2))
-            self._anchor = _Anchor(0, pos, _DIRECTIONS[a.motion])
+            self._anchor = _Anchor(0, pos, DIRECTIONS[a.motion])
 
     # --- state -------------------------------------------------------------------------
 
     def _start_velocity(self, a: Attributes, pos: tuple[float, float]) -> tuple[float, float]:
         if a.motion != "bouncing":
-            return _DIRECTIONS.get(a.motion, (0.0, 0.0))
+            return DIRECTIONS.get(a.motion, (0.0, 0.0))
         h = SIZES[a.size] / 2
         vel = []
         for p, speed in zip(pos, BOUNCE_SPEED, strict=True):
@@ -278,7 +278,7 @@ class World:
                 vel = self._start_velocity(new, pos)
             self._anchor = _Anchor(index, pos, (float(vel[0]), float(vel[1])))
         else:
-            self._anchor = _Anchor(index, pos, _DIRECTIONS[new.motion])
+            self._anchor = _Anchor(index, pos, DIRECTIONS[new.motion])
         self.index = index
         return new
 

@@ -12,7 +12,7 @@ from model.sampler import shift_sigma, sigmas
 from model.teacher_forcing import TeacherForcingLayout
 
 
-def training_loss(model: VideoModel, z, idx, obj, far, args, rng) -> torch.Tensor:
+def training_loss(model: VideoModel, z, idx, obj, far, args) -> torch.Tensor:
     """Flow-matching loss of the noisy copy under the block-causal teacher-forcing mask."""
     dit, vae = model.dit, model.vae
     cfg = model.config
