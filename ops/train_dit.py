@@ -23,7 +23,9 @@ Training matches inference (memory/stream.py) exactly:
   * with --decay-minutes, the learning rate anneals over the run's last minutes;
   * with --first-chunk-every, some steps train streams' first chunks alone
     (pool.first_chunks);
-  * with --focus-motion and --focus-prob, a share of sequences open with the named motions.
+  * with --focus-motion and --focus-prob, a share of sequences open with the named motions;
+  * with --velocity-weight, a probe on one block's output learns the object's velocity
+    (training/velocity.py), so the blocks below learn to read it from the context.
 A pool of encoded sequences is refreshed a little every step, so the VAE encoder costs
 little; on a GPU (`--device cuda`, see ops/train_on_gpu.sh) `--workers` processes render
 the new sequences ahead and the pool encodes them in batches. The pieces live in
@@ -50,6 +52,7 @@ from model.training.objective import training_loss
 from model.training.pool import LatentPool, draw
 from model.training.run_dir import RunDir
 from model.training.step import accumulated_backward, lr_factor, update_ema
+from model.training.velocity import VelocityProbe
 
 
 def parse_args() -> argparse.Namespace:
@@ -144,6 +147,15 @@ def parse_args() -> argparse.Namespace:
         "--relative-values): grown on a trained model, they learn faster",
     )
     ap.add_argument(
+        "--velocity-weight",
+        type=float,
+        default=0.0,
+        help="weight of the velocity probe's loss (model/training/velocity.py): a linear "
+        "head on --velocity-layer's output at the object's token learns the renderer's "
+        "velocity, and its gradient trains the blocks below (0: off)",
+    )
+    ap.add_argument("--velocity-layer", type=int, default=3, help="block the probe reads")
+    ap.add_argument(
         "--workers",
         type=int,
         default=0,
@@ -181,10 +193,11 @@ def fill_latent_stats(model: VideoModel, pool: LatentPool) -> None:
         print("latent stats from pool", zs.mean(1).numpy().round(2), zs.std(1).numpy().round(2))
 
 
-def optimizer(model: VideoModel, args) -> tuple[list, torch.optim.Optimizer]:
-    """AdamW over the denoiser and the text encoder (the VAE stays frozen); grown inputs
-    learn at --new-lr-mult times the rate."""
+def optimizer(model: VideoModel, args, probe=None) -> tuple[list, torch.optim.Optimizer]:
+    """AdamW over the denoiser, the text encoder and the velocity probe, if any (the VAE
+    stays frozen); grown inputs learn at --new-lr-mult times the rate."""
     params = list(model.dit.parameters()) + list(model.text.parameters())
+    params += list(probe.parameters()) if probe is not None else []
     for p in params:
         p.requires_grad_(True)
     new = [p for _, p in model.dit.grown_parameters()]
@@ -221,9 +234,12 @@ def main() -> None:
     print(f"pool of {len(pool.latents)} sequences in {time.time() - t0:.0f}s", flush=True)
     fill_latent_stats(model, pool)
 
-    params, opt = optimizer(model, args)
+    probe = None
+    if args.velocity_weight:
+        probe = VelocityProbe(model.config.dit.dim, args.velocity_layer).to(args.device)
+    params, opt = optimizer(model, args, probe)
     model.dit.train()
-    ema = run.resume(model, opt)
+    ema = run.resume(model, opt, probe)
     start_step = step
     log = open(run.log, "a")
     t_end = time.time() + args.minutes * 60
@@ -232,7 +248,7 @@ def main() -> None:
         first = bool(args.first_chunk_every) and step % args.first_chunk_every == 0
         opt.zero_grad(set_to_none=True)
         loss = accumulated_backward(
-            lambda first=first: training_loss(model, *draw(pool, first, args), args),
+            lambda first=first: training_loss(model, *draw(pool, first, args), args, probe),
             args.accum,
         )
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -247,13 +263,15 @@ def main() -> None:
             lr = opt.param_groups[0]["lr"]
             msg = {"step": step, "loss": float(np.mean(losses)), "lr": lr, "time": time.time()}
             msg["fresh"], pool.fresh = pool.fresh, 0  # new sequences in these 20 steps
+            if probe is not None:  # the last micro-batch's, in units of the straight speed
+                msg["velocity_mse"] = probe.last_loss.item()
             print(json.dumps(msg), flush=True)
             log.write(json.dumps(msg) + "\n")
             log.flush()
             losses = []
         if step % args.save_every == 0:
-            run.save(model, ema, opt, step)
-    run.save(model, ema, opt, step)
+            run.save(model, ema, opt, step, probe)
+    run.save(model, ema, opt, step, probe)
     source.close()
 
 

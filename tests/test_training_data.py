@@ -52,11 +52,12 @@ P = SequenceParams(n_chunks=3, chunk_frames=4, size=32, switch_prob=0.5, far_sin
 def test_a_worker_draws_into_its_shared_slot_the_sequence_its_seed_gives():
     block = shared_memory.SharedMemory(create=True, size=3 * int(np.prod(P.frames_shape)))
     try:
-        captions, far = _render_into(7, P, block.name, slot=1)
+        captions, far, track = _render_into(7, P, block.name, slot=1)
         slot = np.ndarray(P.frames_shape, np.uint8, buffer=block.buf, offset=block.size // 3)
         want = sample_sequence(np.random.default_rng(7), P)
         assert np.array_equal(slot, want.frames) and slot.any()
         assert captions == want.captions and far == want.far
+        assert np.array_equal(track, want.track)
         del slot
     finally:
         block.close()
@@ -94,10 +95,11 @@ def test_the_pool_encodes_a_batch_as_it_would_encode_each_sequence_alone():
     assert {s.far for s in seqs} == {True, False}  # both kinds, in one batch
     pool = LatentPool(model, SequenceSource(rng, p), rng, SimpleNamespace(pool=0, dtype="bf16"))
     together = pool._encode(seqs)
-    for seq, (z, idx, obj, far) in zip(seqs, together, strict=True):
-        ((z1, idx1, obj1, far1),) = pool._encode([seq])
+    for seq, (z, idx, obj, far, track) in zip(seqs, together, strict=True):
+        ((z1, idx1, obj1, far1, track1),) = pool._encode([seq])
         assert torch.allclose(z, z1, atol=1e-3) and far == far1 == seq.far
         assert torch.equal(idx, idx1) and torch.equal(obj, obj1) and len(idx) == 3
+        assert torch.equal(track, track1) and track.shape == (z.shape[1], 4)
 
 
 def test_dtype_fp32_keeps_the_trainers_matmuls_in_fp32():

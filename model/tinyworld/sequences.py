@@ -7,10 +7,10 @@ few tens of milliseconds, so rendering moves to worker processes that keep a que
 finished sequences; the trainer takes what is ready and never waits on them after the
 start (a slow queue means each sequence is reused a little more, not a stalled GPU).
 Workers render straight into slots of one shared-memory block and send back only the
-captions: a sequence is 2.4 MB of frames, and unpickling 48 of them from pipes took 0.4 s
-and stacking them another 0.36 s on one core of this repo's 2-core machine; the first GPU
-run, which did that each step, reached 3.3 steps/s with its GPU 15-21% busy, and the
-shared slots 5.4 steps/s.
+captions and the object's track: a sequence is 2.4 MB of frames, and unpickling 48 of
+them from pipes took 0.4 s and stacking them another 0.36 s on one core of this repo's
+2-core machine; the first GPU run, which did that each step, reached 3.3 steps/s with its
+GPU 15-21% busy, and the shared slots 5.4 steps/s.
 """
 
 from __future__ import annotations
@@ -55,6 +55,9 @@ class Sequence:
     frames: np.ndarray  # (n_chunks * chunk_frames, size, size, 3) uint8
     captions: list[str]  # one per chunk
     far: bool  # the first chunk is a sink from far earlier (a gap follows it)
+    # per frame, the object's centre (x, y) in [0, 1) and velocity (fw/s), as the renderer
+    # drew it: (frames, 4) float32, the truth a velocity probe is trained on
+    track: np.ndarray
 
 
 def sample_sequence(
@@ -73,6 +76,7 @@ def sample_sequence(
     frames = np.empty(p.frames_shape, np.uint8) if out is None else out
     scratch = np.empty((p.size, p.size, 3), np.uint8)
     captions = []
+    track = np.empty((len(frames), 4), np.float32)
     j = 0
     for c in range(total_chunks):
         if c > 0 and rng.random() < p.switch_prob:
@@ -81,13 +85,14 @@ def sample_sequence(
             attrs = world.set_prompt(new, c * p.chunk_frames)
         if c in keep:
             for _ in range(p.chunk_frames):
+                track[j] = np.concatenate(world.state(world.index))
                 world.advance(frames[j])
                 j += 1
             captions.append(caption)
         else:
             for _ in range(p.chunk_frames):
                 world.advance(scratch)
-    return Sequence(frames, captions, gap > 0)
+    return Sequence(frames, captions, gap > 0, track)
 
 
 def opening_attributes(rng: np.random.Generator, p: SequenceParams) -> Attributes:
@@ -109,7 +114,9 @@ def _slot(buf, p: SequenceParams, slot: int) -> np.ndarray:
     return np.ndarray(p.frames_shape, np.uint8, buffer=buf, offset=slot * size)
 
 
-def _render_into(seed: int, p: SequenceParams, name: str, slot: int) -> tuple[list[str], bool]:
+def _render_into(
+    seed: int, p: SequenceParams, name: str, slot: int
+) -> tuple[list[str], bool, np.ndarray]:
     """Worker: draw a sequence into its slot of the shared block; return the rest."""
     global _block
     if _block is None or _block.name != name:
@@ -117,7 +124,7 @@ def _render_into(seed: int, p: SequenceParams, name: str, slot: int) -> tuple[li
         # only if the parent dies without close()
         _block = shared_memory.SharedMemory(name=name)
     seq = sample_sequence(np.random.default_rng(seed), p, out=_slot(_block.buf, p, slot))
-    return seq.captions, seq.far
+    return seq.captions, seq.far, seq.track
 
 
 class SequenceSource:
@@ -155,8 +162,8 @@ class SequenceSource:
         out = []
         while self.pending and len(out) < n and (wait or self.pending[0][0].ready()):
             result, slot = self.pending.popleft()
-            captions, far = result.get()
-            out.append(Sequence(_slot(self.block.buf, self.p, slot), captions, far))
+            captions, far, track = result.get()
+            out.append(Sequence(_slot(self.block.buf, self.p, slot), captions, far, track))
             self.free.append(slot)
         return out
 

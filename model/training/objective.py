@@ -10,14 +10,19 @@ from model.dit import prev_of_chunks
 from model.precision import mixed_precision
 from model.sampler import shift_sigma, sigmas
 from model.teacher_forcing import TeacherForcingLayout
+from model.training.velocity import VelocityProbe
 
 
-def training_loss(model: VideoModel, z, idx, obj, far, args) -> torch.Tensor:
-    """Flow-matching loss of the noisy copy under the block-causal teacher-forcing mask."""
+def training_loss(
+    model: VideoModel, z, idx, obj, far, track, args, probe: VelocityProbe | None = None
+) -> torch.Tensor:
+    """Flow-matching loss of the noisy copy under the block-causal teacher-forcing mask;
+    with a velocity probe, plus args.velocity_weight times its loss on both copies."""
     dit, vae = model.dit, model.vae
     cfg = model.config
     dev = vae.latent_std.device
     z, idx, obj, far = z.to(dev), idx.to(dev), obj.to(dev), far.to(dev)
+    watch = probe.watch(dit) if probe is not None else None
     b, _, n = z.shape[:3]
     chunk = cfg.stream.chunk_latent_frames
     n_chunks = n // chunk
@@ -46,7 +51,15 @@ def training_loss(model: VideoModel, z, idx, obj, far, args) -> torch.Tensor:
     cell_w = 1.0 + args.object_weight * obj.float()  # (B, n, h, w): the object matters most
     err = ((v.float() - target).pow(2).mean(dim=1) * cell_w).mean(dim=(2, 3))
     weight = loss_chunks.repeat_interleave(chunk, dim=1).float()  # (B, n)
-    return (err * weight).sum() / weight.sum()
+    loss = (err * weight).sum() / weight.sum()
+    if probe is None:
+        return loss
+    watch.remove()
+    _, gh, gw = dit.grid(z)
+    track = track.to(dev)
+    copies = [0] if n_chunks == 1 else [0, n * gh * gw]  # [noisy] or [clean | noisy]
+    probe.last_loss = sum(probe.loss(track, at, (gh, gw)) for at in copies) / len(copies)
+    return loss + args.velocity_weight * probe.last_loss
 
 
 def teacher_forced_velocity(

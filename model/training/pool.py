@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -9,6 +10,14 @@ from model.bundle import VideoModel
 from model.precision import mixed_precision
 from model.tinyworld.sequences import Sequence, SequenceSource
 from model.tinyworld.spec import parse_prompt
+
+
+def latent_track(track: np.ndarray, time_stride: int) -> torch.Tensor:
+    """A sequence's per-frame object track (T, 4: centre x, y, velocity x, y) -> per latent
+    frame (T/ts, 4): the centre at the middle of its frames, the mean velocity over them."""
+    t = track.reshape(-1, time_stride, 4)
+    centre = t[:, time_stride // 2, :2]
+    return torch.from_numpy(np.concatenate([centre, t[:, :, 2:].mean(1)], axis=1))
 
 
 def object_cells(x: torch.Tensor, time_stride: int, cells: int) -> torch.Tensor:
@@ -32,19 +41,21 @@ class LatentPool:
         self.text_idx: list[torch.Tensor] = []
         self.objects: list[torch.Tensor] = []  # (F, h, w) bool: latent cells the object is in
         self.far: list[bool] = []  # the first chunk is a sink from far earlier (a gap follows)
+        self.tracks: list[torch.Tensor] = []  # (F, 4): the object's centre and velocity
         self.fresh = 0  # sequences encoded since the trainer last read this
         while len(self.latents) < args.pool:
             need = min(args.encode_batch, args.pool - len(self.latents))
-            for z, idx, obj, far in self._encode(source.take(need, wait=True)):
+            for z, idx, obj, far, track in self._encode(source.take(need, wait=True)):
                 self.latents.append(z)
                 self.text_idx.append(idx)
                 self.objects.append(obj)
                 self.far.append(far)
+                self.tracks.append(track)
 
     @torch.no_grad()
     def _encode(self, seqs: list[Sequence]) -> list[tuple]:
-        """Sequences -> (latents (z, F, h, w) unscaled, prompt indices, object cells, far),
-        encoded together on the model's device."""
+        """Sequences -> (latents (z, F, h, w) unscaled, prompt indices, object cells, far,
+        the object's track per latent frame), encoded together on the model's device."""
         if not seqs:
             return []
         vae = self.model.vae
@@ -72,10 +83,11 @@ class LatentPool:
         obj = object_cells(x, self.model.config.vae.time_stride, z.shape[-1]).cpu()
         z = z.cpu()  # the pool lives in host memory
         enc = self.model.text
+        ts = self.model.config.vae.time_stride
         out = []
         for i, s in enumerate(seqs):
             idx = torch.tensor([enc.indices(parse_prompt(c).attributes) for c in s.captions])
-            out.append((z[i], idx, obj[i], s.far))
+            out.append((z[i], idx, obj[i], s.far, latent_track(s.track, ts)))
         return out
 
     def refresh(self, n: int) -> None:
@@ -83,7 +95,7 @@ class LatentPool:
         many as are ready)."""
         for item in self._encode(self.source.take(n)):
             i = int(self.rng.integers(len(self.latents)))
-            self.latents[i], self.text_idx[i], self.objects[i], self.far[i] = item
+            self.latents[i], self.text_idx[i], self.objects[i], self.far[i], self.tracks[i] = item
             self.fresh += 1
 
     def batch(self, b: int):
@@ -92,7 +104,8 @@ class LatentPool:
         idx = torch.stack([self.text_idx[i] for i in ids])
         obj = torch.stack([self.objects[i] for i in ids])
         far = torch.tensor([self.far[i] for i in ids])
-        return z, idx, obj, far
+        track = torch.stack([self.tracks[i] for i in ids])
+        return z, idx, obj, far, track
 
 
 def draw(pool: LatentPool, first: bool, args):
@@ -109,6 +122,6 @@ def first_chunks(pool: LatentPool, b: int):
     its clean copy costs about a twelfth of a 4-chunk sequence (forward and backward on
     2 cores: 0.44 s for 24 first chunks, 1.42 s for 6 sequences), so these steps give
     that case many more examples for the same time."""
-    z, idx, obj, _ = pool.batch(b)
+    z, idx, obj, _, track = pool.batch(b)
     f = pool.chunk_latent
-    return z[:, :, :f], idx[:, :1], obj[:, :f], torch.zeros(b, dtype=torch.bool)
+    return z[:, :, :f], idx[:, :1], obj[:, :f], torch.zeros(b, dtype=torch.bool), track[:, :f]

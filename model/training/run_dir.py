@@ -1,6 +1,7 @@
 """A training run's directory, from which it resumes: last.safetensors (the train state),
 model.safetensors (the full VideoModel with EMA weights: what `endless render --model`
-and the evaluator use) and opt.pt (the optimizer's moments)."""
+and the evaluator use), opt.pt (the optimizer's moments) and, when the run trains a
+velocity probe, probe.pt (its head: a training aid, never part of a model file)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ class RunDir:
         self.ema = self.out / "model.safetensors"
         self.opt = self.out / "opt.pt"
         self.log = self.out / "log.jsonl"
+        self.probe = self.out / "probe.pt"
 
     def load_model(self, model: VideoModel, init: str | None, vae: str) -> int:
         """Fill `model` and return its step: the run's own state when it has one, else
@@ -46,22 +48,29 @@ class RunDir:
             load_strict(model.vae, vae_tensors, vae)
         return step
 
-    def resume(self, model: VideoModel, opt: torch.optim.Optimizer) -> VideoModel:
-        """The optimizer's moments and the EMA model, from the run's files when it is a
-        resumed run, else the EMA starts as a copy of `model`."""
+    def resume(self, model: VideoModel, opt: torch.optim.Optimizer, probe=None) -> VideoModel:
+        """The optimizer's moments, the EMA model and the probe's head, from the run's files
+        when it is a resumed run, else the EMA starts as a copy of `model`."""
         ema = copy.deepcopy(model)
+        if probe is not None and self.state.exists() and self.probe.exists():
+            probe.load_state_dict(torch.load(self.probe, map_location=self._device(model)))
         if self.state.exists():
             if self.opt.exists():
-                device = next(model.parameters()).device
-                opt.load_state_dict(torch.load(self.opt, map_location=device))
+                opt.load_state_dict(torch.load(self.opt, map_location=self._device(model)))
             if self.ema.exists():
                 _, tensors, _ = read_checkpoint(self.ema)
                 load_strict(ema, tensors, str(self.ema))
         ema.requires_grad_(False)
         return ema
 
-    def save(self, model: VideoModel, ema: VideoModel, opt, step: int) -> None:
+    def save(self, model: VideoModel, ema: VideoModel, opt, step: int, probe=None) -> None:
         meta = {"step": str(step)}
         save_checkpoint(self.state, model.state_dict(), model.config, meta)
         ema.save(self.ema, meta)
         torch.save(opt.state_dict(), self.opt)
+        if probe is not None:
+            torch.save(probe.state_dict(), self.probe)
+
+    @staticmethod
+    def _device(model: VideoModel) -> torch.device:
+        return next(model.parameters()).device
