@@ -16,6 +16,8 @@ the model's VAE and cached as if the model had made them) and the model makes th
 only its own chunks are scored, with the angle between their velocity and the truth's.
 A motion the model keeps from a true path but loses from its own drifts through exposure
 bias (its own errors compound); one it loses from a true path too, it does not know.
+With `--unsaid-motion` the model's prompt leaves the motion out (the renderer still draws
+it): from a true context, how far the model continues a motion it is shown but not told.
 """
 
 from __future__ import annotations
@@ -116,6 +118,12 @@ def main() -> None:
         help="start each stream from K chunks of the renderer's truth (no warm-up) and "
         "score only the chunks the model makes after them (default 0: it makes all)",
     )
+    ap.add_argument(
+        "--unsaid-motion",
+        action="store_true",
+        help="leave the motion out of the model's prompt (with --true-context: does it "
+        "continue the motion its context shows?)",
+    )
     add_sampling_options(ap)
     ap.add_argument("--seed", type=int, default=0)
     add_dtype_option(ap, default="bf16")
@@ -136,11 +144,12 @@ def main() -> None:
             f"a {attrs.size} {attrs.colour} {attrs.shape} {args.motion} over the {attrs.background}"
         )
         rendered = render_clip(prompt, args.seconds, size=size, seed=args.seed + i)
+        told = prompt.replace(f" {args.motion}", "") if args.unsaid_motion else prompt
         k = args.true_context
         if k:
-            frames = continue_from(model, prompt, rendered, k, seed=args.seed + i)
+            frames = continue_from(model, told, rendered, k, seed=args.seed + i)
         else:
-            frames = follow_timeline(model, [(0.0, prompt)], args.seconds, seed=args.seed + i)
+            frames = follow_timeline(model, [(0.0, told)], args.seconds, seed=args.seed + i)
         true_track = object_track(rendered)
         made.append(describe(object_track(frames), args.motion, true_track if k else None, k))
         truth.append(describe(true_track, args.motion, skip=k))
@@ -152,6 +161,7 @@ def main() -> None:
         "motion": args.motion,
         "clips": args.clips,
         "true_context": args.true_context,
+        "unsaid_motion": args.unsaid_motion,
         **model.config.sampler.sampling(),
         "model_summary": summary(made),
         "rendered_summary": summary(truth),
