@@ -27,7 +27,9 @@ from model.teacher_forcing import TeacherForcingLayout
 from model.tinyworld.captions import random_attributes
 from model.tinyworld.render import World
 from model.tinyworld.spec import MOTIONS, parse_prompt
+from model.training.objective import per_frame_tokens
 from model.training.pool import latent_track
+from model.training.velocity import object_tokens
 from model.vae import frames_to_tensor
 
 
@@ -54,17 +56,11 @@ def hidden_at_object(model: VideoModel, clips, sigmas) -> dict:
     z, _ = model.vae.encode(x)
     b, _, n, h, w = z.shape
     _, gh, gw = dit.grid(z)
-    tokens = torch.stack(
-        [
-            text.tokens_from_indices(torch.tensor([text.indices(parse_prompt(p).attributes)]))[0]
-            for _, _, p in clips
-        ]
-    )[:, None].expand(-1, 2 * n, -1, -1)
+    idx = torch.tensor([[text.indices(parse_prompt(p).attributes)] for _, _, p in clips])
+    tokens = per_frame_tokens(model, idx.expand(-1, n // chunk, -1), chunk)
+    tokens = torch.cat([tokens, tokens], dim=1)  # the same prompt for both copies
     track = torch.stack([latent_track(t, model.config.vae.time_stride) for _, t, _ in clips])
-    frames = torch.arange(chunk, n)
-    col = (track[:, chunk:, 0] * gw).long().clamp(0, gw - 1)
-    row = (track[:, chunk:, 1] * gh).long().clamp(0, gh - 1)
-    token = frames[None] * gh * gw + row * gw + col  # (B, frames with a context)
+    token = object_tokens(track, (gh, gw))[:, chunk:]  # (B, frames with a context)
     out = {}
     for sigma in sigmas:
         kept.clear()

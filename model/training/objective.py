@@ -59,6 +59,7 @@ def training_loss(
     track = track.to(dev)
     copies = [0] if n_chunks == 1 else [0, n * gh * gw]  # [noisy] or [clean | noisy]
     probe.last_loss = sum(probe.loss(track, at, (gh, gw)) for at in copies) / len(copies)
+    probe.hidden = None  # the step's graph is not kept past its backward
     return loss + args.velocity_weight * probe.last_loss
 
 

@@ -27,6 +27,16 @@ import torch.nn as nn
 VELOCITY_SCALE = 0.25  # fw/s: TinyWorld's straight speed, so targets are about unit size
 
 
+def object_tokens(track: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(B, F) index, within one copy of F latent frames of gh x gw tokens each, of the
+    token under the object's centre in each frame (`track` (B, F, >=2): centre x, y)."""
+    gh, gw = grid
+    col = (track[..., 0] * gw).long().clamp(0, gw - 1)
+    row = (track[..., 1] * gh).long().clamp(0, gh - 1)
+    frame = torch.arange(track.shape[1], device=track.device)[None, :]
+    return frame * gh * gw + row * gw + col
+
+
 class VelocityProbe(nn.Module):
     """Linear head on the output of `dit.blocks[layer]` at the object's token."""
 
@@ -35,6 +45,7 @@ class VelocityProbe(nn.Module):
         self.layer = layer
         self.head = nn.Linear(dim, 2)
         self.hidden: torch.Tensor | None = None
+        self.last_loss: torch.Tensor | None = None  # of the last `loss` call, for the log
 
     def watch(self, dit) -> torch.utils.hooks.RemovableHandle:
         """Keep the chosen block's output tokens of every forward (the last one stays)."""
@@ -52,12 +63,8 @@ class VelocityProbe(nn.Module):
         offset + f * gh * gw (offset: where the copy the loss reads begins)."""
         if self.hidden is None:
             raise RuntimeError("no forward pass was watched")
-        gh, gw = grid
         b, f = track.shape[:2]
-        col = (track[..., 0] * gw).long().clamp(0, gw - 1)
-        row = (track[..., 1] * gh).long().clamp(0, gh - 1)
-        frame = torch.arange(f, device=track.device)[None, :]
-        token = offset + frame * gh * gw + row * gw + col  # (B, F)
+        token = offset + object_tokens(track, grid)
         h = self.hidden.gather(1, token[..., None].expand(b, f, self.hidden.shape[-1]))
         read = self.head(h.float())
         return (read - track[..., 2:] / VELOCITY_SCALE).pow(2).mean()
