@@ -2,6 +2,10 @@
 
     .venv/bin/python ops/train_dit.py --vae runs/vae/last.safetensors --out runs/dit --minutes 60
     .venv/bin/python ops/train_dit.py --init model/weights/tiny.safetensors --out runs/dit2
+    .venv/bin/python ops/train_dit.py --device cuda --batch 48 --workers 12 ...  # any CUDA GPU
+
+The run directory (--out) holds the weights, the EMA and the optimizer; running the same
+command again resumes from it, on the same device or another.
 
 Training matches inference (memory/stream.py) exactly:
   * a sequence is `chunks` chunks; the first is, half the time, the stream's first chunk
@@ -27,10 +31,10 @@ Training matches inference (memory/stream.py) exactly:
   * with --velocity-weight, a probe on one block's output learns the object's velocity
     (training/velocity.py), so the blocks below learn to read it from the context.
 A pool of encoded sequences is refreshed a little every step, so the VAE encoder costs
-little; on a GPU (`--device cuda`, see ops/train_on_gpu.sh) `--workers` processes render
-the new sequences ahead and the pool encodes them in batches. The pieces live in
-model/training/ (objective.py, pool.py, step.py); what the run directory (--out) holds
-and how a run resumes from it is in run_dir.py.
+little; on a GPU (`--device cuda`) `--workers` processes render the new sequences ahead
+and the pool encodes them in batches. The pieces live in model/training/ (objective.py,
+pool.py, step.py); what the run directory (--out) holds and how a run resumes from it is
+in run_dir.py.
 """
 
 from __future__ import annotations
@@ -164,13 +168,32 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--encode-batch", type=int, default=2, help="sequences per VAE encode")
     ap.add_argument("--threads", type=int, default=2)
     add_dtype_option(ap)  # bf16: autocast; fp32: throughout (faster on CPUs without AMX)
-    ap.add_argument("--device", default="cpu", help="cpu, or cuda when a GPU is lent")
+    ap.add_argument(
+        "--device",
+        default="cpu",
+        help="torch device to train on: cpu, cuda or cuda:N (default cpu)",
+    )
     ap.add_argument("--save-every", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    check_device(ap, args.device)
     if not 0.0 <= args.focus_prob <= 1.0 or (args.focus_prob and not args.focus_motion):
         ap.error("--focus-prob takes a fraction in [0, 1] and needs --focus-motion")
     return args
+
+
+def check_device(ap: argparse.ArgumentParser, name: str) -> None:
+    """A clear error, before anything loads, for a device this machine does not have."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        ap.error(f"--device {name}: {exc}")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            ap.error(f"--device {name}: this machine has {count} CUDA device(s)")
+    elif device.type != "cpu":
+        ap.error(f"--device {name}: only cpu and cuda are supported")
 
 
 def build_model(args) -> VideoModel:

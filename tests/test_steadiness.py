@@ -67,9 +67,9 @@ def test_chunk_velocities_and_turns_follow_the_rendered_motion():
 
 
 def test_eval_motion_reads_rendered_bounces_as_bounces():
-    """ops/eval_motion.py's per-chunk figures on the renderer's truth: every chunk of a
+    """ops/experiments/eval_motion.py's per-chunk figures on the renderer's truth: every chunk of a
     bounce read as bouncing, at its speed, turning only where it meets an edge."""
-    from ops.eval_motion import describe, summary
+    from ops.experiments.eval_motion import describe, summary
 
     frames = render_clip("a small red square bouncing over the ocean", 6.0, size=64, seed=5)
     d = describe(object_track(frames), "bouncing")

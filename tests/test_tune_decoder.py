@@ -1,4 +1,4 @@
-"""ops/tune_decoder.py: what its loss measures, and that it trains the VAE decoder alone
+"""ops/experiments/tune_decoder.py: what its loss measures, and that it trains the VAE decoder alone
 (the DiT's latent space, i.e. the encoder and its statistics, must not move)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import torch
 
 from model.bundle import VideoModel
 from model.checkpoint import read_checkpoint
-from ops.tune_decoder import decoder_loss, main, noisy_latents
+from ops.experiments.tune_decoder import decoder_loss, main, noisy_latents
 
 
 def moving_square(offsets: list[int]) -> torch.Tensor:

@@ -3,7 +3,7 @@ object moves.
 
 Why: a bounce's direction is the one thing a TinyWorld chunk must take from its context
 alone (the prompt fixes a straight move, the object's place a circle's tangent). Linear
-probes on the shipped weights' hidden states (`ops/probe_velocity.py`: teacher-forced
+probes on the shipped weights' hidden states (`ops/experiments/probe_velocity.py`: teacher-forced
 true bouncing clips, the token under the object) read the sign of a bounce's horizontal
 velocity 97% right at block 3 of the context, its vertical one (0.18 fw/s, a quarter of
 a token a latent frame) 88%; on the chunk being made, at noise level 1, 92% and 80% at

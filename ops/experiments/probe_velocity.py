@@ -1,7 +1,7 @@
 """Where a model's hidden state knows how the object moves: linear probes, layer by layer.
 
-    .venv/bin/python ops/probe_velocity.py --motion bouncing --clips 160
-    .venv/bin/python ops/probe_velocity.py --model runs/vel/model.safetensors
+    .venv/bin/python ops/experiments/probe_velocity.py --motion bouncing --clips 160
+    .venv/bin/python ops/experiments/probe_velocity.py --model runs/vel/model.safetensors
 
 For `--clips` rendered 4-chunk clips of `--motion` (random colour, shape, size and
 background; no switch), the DiT runs teacher-forced as in training, [true context |

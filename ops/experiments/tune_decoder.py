@@ -2,7 +2,7 @@
 decode into smooth motion. Resumable; the encoder, its latent statistics and the DiT are
 kept as they are, so the DiT's latent space does not move.
 
-    .venv/bin/python ops/tune_decoder.py --init model/weights/tiny.safetensors \
+    .venv/bin/python ops/experiments/tune_decoder.py --init model/weights/tiny.safetensors \
         --out runs/dec --minutes 40
 
 Why: the VAE packs 4 frames into one latent frame, and its decoder drew the object almost
@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from model.bundle import VideoModel  # noqa: E402
 from model.checkpoint import read_checkpoint  # noqa: E402

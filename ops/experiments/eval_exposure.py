@@ -1,6 +1,7 @@
 """Exposure-bias gap: how well a chunk comes out after true context vs. after the model's own.
 
-    .venv/bin/python ops/eval_exposure.py --model runs/dit/model.safetensors --prompts 16
+    .venv/bin/python ops/experiments/eval_exposure.py --model runs/dit/model.safetensors \
+        --prompts 16
 
 For each evaluation prompt, chunk `--chunks` (counting from 1) is generated three ways and
 scored alone by the TinyWorld evaluator:

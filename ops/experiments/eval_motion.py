@@ -1,7 +1,8 @@
 """How a model draws one motion, chunk by chunk, beside the renderer's truth.
 
-    .venv/bin/python ops/eval_motion.py --motion bouncing --clips 12
-    .venv/bin/python ops/eval_motion.py --motion circling --model runs/dit/model.safetensors
+    .venv/bin/python ops/experiments/eval_motion.py --motion bouncing --clips 12
+    .venv/bin/python ops/experiments/eval_motion.py --motion circling \
+        --model runs/dit/model.safetensors
 
 For `--clips` prompts that say `--motion` (random colour, shape, size and background,
 never a held-out triple), it generates a clip of `--seconds` with the model and renders
