@@ -1,4 +1,4 @@
-"""TinyWorld renderer, captions and evaluator (shared/tinyworld.md)."""
+"""TinyWorld renderer, captions and evaluator (docs/tinyworld.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Score a TinyWorld video against its prompt timeline (shared/tinyworld.md, last section).
+"""Score a TinyWorld video against its prompt timeline (docs/tinyworld.md, "How a video is scored").
 
 Each frame is read on its own (`FrameReader`, model/tinyworld/reading.py: background,
 colour, shape, size and the object's centre).

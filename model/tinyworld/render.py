@@ -1,4 +1,4 @@
-"""TinyWorld v1 renderer: the ground truth the default model learns (shared/tinyworld.md).
+"""TinyWorld v1 renderer: the ground truth the default model learns (docs/tinyworld.md).
 
 A `World` holds one scene: the object's attributes, where it was at the last prompt
 change (the anchor) and how it moves from there, plus the texture state of every

@@ -1,4 +1,4 @@
-"""TinyWorld v1 vocabulary and prompt parsing (the contract is shared/tinyworld.md).
+"""TinyWorld v1 vocabulary and prompt parsing (defined in docs/tinyworld.md).
 
 Everything that names a word of the world lives here: the renderer, the evaluator, the
 caption sampler and the text encoder all read these tables, so they cannot disagree.
