@@ -3,13 +3,14 @@ object moves.
 
 Why: a bounce's direction is the one thing a TinyWorld chunk must take from its context
 alone (the prompt fixes a straight move, the object's place a circle's tangent). Linear
-probes on the shipped weights' hidden states (`ops/experiments/probe_velocity.py`: teacher-forced
-true bouncing clips, the token under the object) read the sign of a bounce's horizontal
+probes on the shipped weights' hidden states (`ops/experiments/probe_velocity.py`:
+teacher-forced true bouncing clips, the token under the object) read the sign of a
+bounce's horizontal
 velocity 97% right at block 3 of the context, its vertical one (0.18 fw/s, a quarter of
 a token a latent frame) 88%; on the chunk being made, at noise level 1, 92% and 80% at
 block 2, and less in each later block (84% and 67% at the last), while the generated
-bounce heads about 30 degrees off the truth (docs/training-history.md, "Reading a
-bounce"). This loss trains a linear head on one block's output at the object's token to
+bounce heads about 30 degrees off the truth (docs/training.md, "Where the model falls
+short"). This loss trains a linear head on one block's output at the object's token to
 give the renderer's velocity, and its gradient goes into the blocks below:
 representation alignment with a target the renderer knows exactly (REPA, Yu et al.,
 2024, aligns DiT hidden states with a pretrained encoder's features for the same
