@@ -22,7 +22,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(
-        prog="endless", description="endless: streaming video generation"
+        prog="endless",
+        description="endless: streaming video generation",
+        epilog="`endless COMMAND --help` gives each command's options; README.md and docs/ "
+        "in the repository describe them",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     chosen = argv[0] if argv else None

@@ -24,12 +24,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="video length (default 60, or 20 s past the storyboard's last item)",
     )
     p.add_argument("-o", "--output", required=True, help="output .mp4 path")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed", type=int, default=0, help="random seed: same seed, same video (default 0)"
+    )
     add_sampling_options(p)
     p.add_argument(
         "--model", default="tiny", help="'tiny' (shipped), 'random:PRESET' or a .safetensors path"
     )
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="torch threads (default: every core, %(default)s here)",
+    )
     add_dtype_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 

@@ -48,7 +48,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=d.ahead_chunks,
         help="chunks generated ahead of playback (default %(default)s)",
     )
-    p.add_argument("--max-streams", type=int, default=d.max_streams)
+    p.add_argument(
+        "--max-streams",
+        type=int,
+        default=d.max_streams,
+        help="streams this server runs at once (default %(default)s)",
+    )
     p.add_argument(
         "--grace",
         type=float,
@@ -63,7 +68,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     add_dtype_option(p, default=d.dtype)
     add_sampling_options(p)  # for every stream
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument(
+        "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)"
+    )
 
 
 def config_from(args: argparse.Namespace) -> ServerConfig:

@@ -312,7 +312,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("video", help="MP4 (or any video PyAV reads) to score")
     parser.add_argument("timeline", help='JSON list: [{"at": 0, "prompt": "..."}, ...]')
     parser.add_argument("--json", metavar="OUT.json", help="also write the report as JSON")
-    parser.add_argument("--chunk-frames", type=int, default=12, help="frames per chunk")
+    parser.add_argument(
+        "--chunk-frames", type=int, default=12, help="frames per scored chunk (default 12)"
+    )
 
 
 def load_timeline(path: str) -> list[tuple[float, str]]:
