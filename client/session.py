@@ -6,6 +6,10 @@ the websocket, a WebRTC viewer over aiortc, and an MP4 recorder.
         viewer = await s.watch(created["stream"])
         await viewer.wait_frames(48)
         applied = await s.prompt(created["stream"], "a small blue square in the snow")
+        share = created["view_token"]  # what another viewer passes as token=
+
+A session remembers the token it used for each stream (the control token of a stream it
+created, or the one given to join/watch/...) and sends it with every request on that stream.
 
 Received frames are mapped back to the server's generated frame indices with the
 "viewer_started" and "timeline" events (the RTP timestamp origin is random per viewer).
@@ -123,7 +127,12 @@ class Viewer:
             transceiver.setCodecPreferences([c for c in caps if c.mimeType == MIME[codec]])
         self.pc.on("track", self._on_track)
         await self.pc.setLocalDescription(await self.pc.createOffer())
-        req = {"type": "watch", "stream": self.stream, "sdp": self.pc.localDescription.sdp}
+        req = {
+            "type": "watch",
+            "stream": self.stream,
+            "token": self.session.tokens.get(self.stream),
+            "sdp": self.pc.localDescription.sdp,
+        }
         if codec is not None:
             req["codec"] = codec
         reply = await self.session.request(req)
@@ -188,8 +197,12 @@ class Viewer:
 
 
 class LiveSession:
-    def __init__(self, url: str, max_events: int | None = None):
+    """`key`: the server's API key, sent with `create` and `streams` (if it has one)."""
+
+    def __init__(self, url: str, max_events: int | None = None, key: str | None = None):
         self.url = url
+        self.key = key
+        self.tokens: dict[str, str] = {}  # stream -> the token this session sends for it
         self.ws = None
         self.hello: dict[str, Any] = {}
         # pushed events; with max_events only the latest (wait_event indexes stay absolute)
@@ -303,11 +316,26 @@ class LiveSession:
         return reply
 
     # -- the protocol's requests -------------------------------------------------------------
+    # Requests on a stream take `token` (control or view); without one they send the token
+    # this session last used for that stream (a created stream's control token).
     async def create(self, prompt: str, seed: int = 0) -> dict[str, Any]:
-        return await self.request({"type": "create", "prompt": prompt, "seed": seed})
+        msg = {"type": "create", "prompt": prompt, "seed": seed}
+        if self.key is not None:
+            msg["key"] = self.key
+        created = await self.request(msg)
+        self.tokens[created["stream"]] = created["control_token"]
+        return created
 
-    async def join(self, stream: str) -> dict[str, Any]:
-        return await self.request({"type": "join", "stream": stream})
+    def _on(self, kind: str, stream: str, token: str | None, **fields: Any) -> dict[str, Any]:
+        if token is not None:
+            self.tokens[stream] = token
+        return {"type": kind, "stream": stream, "token": self.tokens.get(stream), **fields}
+
+    async def join(self, stream: str, token: str | None = None) -> dict[str, Any]:
+        return await self.request(self._on("join", stream, token))
+
+    async def leave(self, stream: str, token: str | None = None) -> dict[str, Any]:
+        return await self.request(self._on("leave", stream, token))
 
     async def watch(
         self,
@@ -315,26 +343,38 @@ class LiveSession:
         codec: str | None = None,
         keep_images: bool = True,
         history: int | None = None,
+        token: str | None = None,
     ) -> Viewer:
+        if token is not None:
+            self.tokens[stream] = token
         return await Viewer(self, stream, keep_images, history).start(codec)
 
-    async def prompt(self, stream: str, text: str) -> dict[str, Any]:
-        return await self.request({"type": "prompt", "stream": stream, "text": text})
+    async def prompt(self, stream: str, text: str, token: str | None = None) -> dict[str, Any]:
+        return await self.request(self._on("prompt", stream, token, text=text))
 
-    async def storyboard(self, stream: str, items: list[dict[str, Any]]) -> dict[str, Any]:
-        return await self.request({"type": "storyboard", "stream": stream, "items": items})
+    async def storyboard(
+        self, stream: str, items: list[dict[str, Any]], token: str | None = None
+    ) -> dict[str, Any]:
+        return await self.request(self._on("storyboard", stream, token, items=items))
 
-    async def pause(self, stream: str) -> dict[str, Any]:
-        return await self.request({"type": "pause", "stream": stream})
+    async def pause(self, stream: str, token: str | None = None) -> dict[str, Any]:
+        return await self.request(self._on("pause", stream, token))
 
-    async def resume(self, stream: str) -> dict[str, Any]:
-        return await self.request({"type": "resume", "stream": stream})
+    async def resume(self, stream: str, token: str | None = None) -> dict[str, Any]:
+        return await self.request(self._on("resume", stream, token))
 
-    async def stop(self, stream: str) -> dict[str, Any]:
-        return await self.request({"type": "stop", "stream": stream})
+    async def stop(self, stream: str, token: str | None = None) -> dict[str, Any]:
+        return await self.request(self._on("stop", stream, token))
 
-    async def stats(self, stream: str) -> dict[str, Any]:
-        return await self.request({"type": "stats", "stream": stream})
+    async def stats(self, stream: str, token: str | None = None) -> dict[str, Any]:
+        return await self.request(self._on("stats", stream, token))
+
+    async def streams(self) -> list[dict[str, Any]]:
+        """The streams this session presented a token for (all of them with the key)."""
+        msg: dict[str, Any] = {"type": "streams"}
+        if self.key is not None:
+            msg["key"] = self.key
+        return (await self.request(msg))["streams"]
 
 
 class Mp4Recorder:

@@ -1,10 +1,12 @@
 """`endless watch`: watch a live stream over WebRTC, send prompts, record to MP4.
 
     endless watch ws://127.0.0.1:8765/ws --prompt "a big red circle bouncing over the ocean" \
-        --record out.mp4 --seconds 10 [--storyboard s.json] [--stream ID]
+        --record out.mp4 --seconds 10 [--storyboard s.json] [--stream ID --token T]
 
-Without --stream it creates a stream with --prompt; with --stream it joins that one and
-sends --prompt (if given) as a prompt switch. A storyboard file is a JSON list of
+Without --stream it creates a stream with --prompt (with --key, or ENDLESS_API_KEY, when
+the server needs one) and prints its control and view tokens; with --stream it joins that
+one with --token (a control token steers, a view token only watches) and sends --prompt
+(if given) as a prompt switch. A storyboard file is a JSON list of
 {"at": seconds, "prompt": "..."} (or {"items": [...]}). When stdin is a terminal, each
 line typed is sent as a prompt.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import threading
 import time
@@ -29,6 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", help=f"prompt (creating: default {DEFAULT_PROMPT!r})")
     p.add_argument("--seed", type=int, default=0, help="seed of a created stream")
     p.add_argument("--stream", help="join this stream instead of creating one")
+    p.add_argument("--token", help="the --stream's control or view token")
+    p.add_argument("--key", help="the server's API key, to create (default: $ENDLESS_API_KEY)")
     p.add_argument("--storyboard", type=Path, help="JSON storyboard to play")
     p.add_argument("--record", type=Path, help="write the received video to this MP4 file")
     p.add_argument("--seconds", type=float, default=10.0, help="how long to watch")
@@ -80,9 +85,11 @@ async def watch(args: argparse.Namespace) -> int:
 
     storyboard = read_storyboard(args.storyboard) if args.storyboard else None
     # a watch may last hours: keep only recent events and frames (memory stays flat)
-    async with LiveSession(args.url, max_events=1000) as session:
+    key = args.key or os.environ.get("ENDLESS_API_KEY") or None
+    async with LiveSession(args.url, max_events=1000, key=key) as session:
         if args.stream:
-            info = await session.join(args.stream)
+            info = await session.join(args.stream, args.token)
+            print(f"joined stream {args.stream} ({info['role']} token)")
             stream = args.stream
             if args.prompt:
                 reply = await session.prompt(stream, args.prompt)
@@ -91,6 +98,8 @@ async def watch(args: argparse.Namespace) -> int:
             info = await session.create(args.prompt or DEFAULT_PROMPT, args.seed)
             stream = info["stream"]
             print(f"created stream {stream}")
+            print(f"  control token (steers): {info['control_token']}")
+            print(f"  view token (share to watch): {info['view_token']}")
         viewer = await session.watch(stream, codec=args.codec, keep_images=False, history=1)
         print(f"watching {stream} ({viewer.codec})")
         recorder = None

@@ -27,11 +27,12 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from model.bundle import DEFAULT_WEIGHTS, VideoModel
-from model.errors import EndlessError, PromptError
+from model.errors import EndlessError, PromptError, ProtocolError
 from model.precision import dtype_name, resolve_dtype
 from model.tinyworld.spec import FILLER, VOCAB
-from server import protocol
+from server import auth, protocol
 from server.config import CODECS, ServerConfig
+from server.ice import offered_addresses
 from server.live import LiveStream
 from server.metrics import Metrics
 from server.protocol import field, request_error
@@ -62,7 +63,9 @@ def static_dir() -> Path:
 
 
 class Connection:
-    """One websocket client: its outbox, rate limits, streams and viewers."""
+    """One websocket client: its outbox, rate limits, streams and viewers, and what it has
+    shown it may see: the streams it presented a token for (`presented`: id -> role) and
+    whether it presented an API key (`keyed`: it lists every stream)."""
 
     def __init__(self, ws: ServerConnection, config: ServerConfig, metrics: Metrics):
         self.id = secrets.token_hex(4)
@@ -73,6 +76,9 @@ class Connection:
         self.viewers: dict[str, LiveStream] = {}
         self.prompt_limit = protocol.TokenBucket(config.prompt_rate, config.prompt_burst)
         self.message_limit = protocol.TokenBucket(config.message_rate, config.message_burst)
+        self.auth_limit = protocol.TokenBucket(config.auth_failure_rate, config.auth_failure_burst)
+        self.presented: dict[str, auth.Role] = {}
+        self.keyed = False
         self.closed = False
         self._closing: asyncio.Task | None = None
         self.dropped_events = 0
@@ -95,10 +101,22 @@ class Connection:
             return
         q.put_nowait(msg)
 
+    def send_and_close(self, msg: dict[str, Any], code: int, reason: str) -> None:
+        """Queue a last event, then close the websocket once it has been written."""
+        if self.closed:
+            return
+        self.send(msg)
+        if not self.closed and not self.outbox.full():
+            self.outbox.put_nowait({"close": (code, reason)})
+        self.closed = True
+
     async def write_loop(self) -> None:
         try:
             while True:
                 msg = await self.outbox.get()
+                if "close" in msg and "type" not in msg:
+                    await self.ws.close(*msg["close"])
+                    return
                 await self.ws.send(json.dumps(msg))
         except ConnectionClosed:
             self.closed = True
@@ -114,10 +132,12 @@ class LiveServer:
         self.static = static_dir()
         self.port: int | None = None
         self.worker: GenerationWorker | None = None
+        self.ice_addresses: tuple[str, ...] | None = None  # None: every host address
         self.encode_pool: ThreadPoolExecutor | None = None
         # streams asked of the worker, not opened yet: id -> (creator's future, prompt, seed)
         self._opening: dict[str, tuple[asyncio.Future[LiveStream], str, int]] = {}
         self._closing: set[asyncio.Task] = set()
+        self._owners: dict[str, str] = {}  # stream id -> the API key (or connection) it counts for
         self._ws_server = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.ready = asyncio.Event()
@@ -141,6 +161,7 @@ class LiveServer:
             notify=self._notify,
         )
         self.encode_pool = ThreadPoolExecutor(1, thread_name_prefix="endless-encode")
+        self.ice_addresses = await offered_addresses(cfg.host, cfg.ice_addresses)
         self.worker.start()
         m = self.metrics
         m.watch_queue("commands", self.worker.commands.qsize)
@@ -300,6 +321,12 @@ class LiveServer:
                 conn.send(reply)
         except EndlessError as err:
             self.metrics.errors.labels(err.code).inc()
+            if err.code == "unauthorized" and not conn.auth_limit.take(time.monotonic()):
+                # a client that keeps guessing tokens or keys is cut off
+                conn.send_and_close(
+                    protocol.error(err, seq), 1008, "too many unauthorized requests"
+                )
+                return
             conn.send(protocol.error(err, seq))
         except Exception:
             log.exception("request failed")
@@ -333,7 +360,10 @@ class LiveServer:
                 "prompt_rate": cfg.prompt_rate,
                 "prompt_burst": cfg.prompt_burst,
                 "max_streams": cfg.max_streams,
+                "max_streams_per_key": cfg.max_streams_per_key,
+                "max_viewers_per_stream": cfg.max_viewers_per_stream,
             },
+            "key_required": bool(cfg.api_keys),
             "streams": len(self.streams),
         }
 
@@ -358,13 +388,57 @@ class LiveServer:
             )
 
     def _stream(self, conn: Connection, msg: dict, attach: bool = True) -> LiveStream:
+        """The live stream a request names, once its token gives the role the request
+        needs (auth.NEEDS); attaches the connection to it unless told not to."""
         stream_id = field(msg, "stream", str)
         stream = self.streams.get(stream_id)
         if stream is None or stream.ended:
             raise request_error("unknown_stream", f"no live stream {stream_id!r}", stream_id)
+        self._authorize(conn, stream, msg)
         if attach and not conn.closed:
             stream.attach(conn)
         return stream
+
+    def _authorize(self, conn: Connection, stream: LiveStream, msg: dict) -> auth.Role:
+        """The role the request's token gives on `stream` (unauthorized / forbidden when
+        less than it needs); the connection has presented that stream from then on."""
+        try:
+            role = auth.require(stream, msg.get("token"), auth.NEEDS[msg["type"]])
+        except ProtocolError as err:
+            if err.code == "forbidden":
+                conn.presented.setdefault(stream.id, "view")
+            raise
+        if conn.presented.get(stream.id) != "control":
+            conn.presented[stream.id] = role
+        return role
+
+    def _check_key(self, conn: Connection, msg: dict) -> str:
+        """Who a new stream counts against: the API key in the request (unauthorized if
+        the server has keys and this is none of them), or, without keys, the connection."""
+        keys = self.config.api_keys
+        if not keys:
+            return "connection:" + conn.id
+        index = auth.which_key(keys, msg.get("key"))
+        if index is None:
+            what = "an unknown" if "key" in msg else "no"
+            raise request_error("unauthorized", f"{msg['type']!r} with {what} API key")
+        conn.keyed = True
+        return f"key:{index}"
+
+    def _check_stream_room(self, owner: str) -> None:
+        cfg = self.config
+        if len(self.streams) + len(self._opening) >= cfg.max_streams:
+            raise request_error(
+                "too_many_streams", f"this server runs at most {cfg.max_streams} streams"
+            )
+        live = set(self.streams) | set(self._opening)
+        self._owners = {sid: o for sid, o in self._owners.items() if sid in live}
+        if sum(o == owner for o in self._owners.values()) >= cfg.max_streams_per_key:
+            whose = "API key" if owner.startswith("key:") else "connection"
+            raise request_error(
+                "too_many_streams",
+                f"this {whose} already runs {cfg.max_streams_per_key} streams, its limit",
+            )
 
     async def _on_hello(self, conn, msg):
         return self._hello()
@@ -373,19 +447,18 @@ class LiveServer:
         return {"type": "pong", "time": time.time()}
 
     async def _on_create(self, conn: Connection, msg: dict) -> dict:
+        owner = self._check_key(conn, msg)
         prompt = self.check_prompt(field(msg, "prompt", str, DEFAULT_PROMPT))
         seed = field(msg, "seed", int, 0)
         if not 0 <= seed < 2**63:
             raise request_error("bad_message", "'seed' must be in [0, 2**63)", seed)
-        if len(self.streams) + len(self._opening) >= self.config.max_streams:
-            raise request_error(
-                "too_many_streams", f"this server runs at most {self.config.max_streams} streams"
-            )
+        self._check_stream_room(owner)
         stream_id = secrets.token_hex(4)
         fut = asyncio.get_running_loop().create_future()
         if not self.worker.submit(OpenStream(stream_id, prompt, seed)):
             raise request_error("busy", "the model worker is busy; try again shortly")
         self._opening[stream_id] = (fut, prompt, seed)
+        self._owners[stream_id] = owner
         try:
             stream = await asyncio.wait_for(fut, 60.0)
         except TimeoutError:
@@ -394,6 +467,7 @@ class LiveServer:
             ) from None
         finally:
             self._opening.pop(stream_id, None)
+        conn.presented[stream.id] = "control"
         if conn.closed:
             stream.release_if_unused()
         else:
@@ -401,6 +475,8 @@ class LiveServer:
         return {
             "type": "created",
             "stream": stream.id,
+            "control_token": stream.control_token,
+            "view_token": stream.view_token,
             "prompt": prompt,
             "seed": seed,
             "fps": stream.fps,
@@ -412,6 +488,9 @@ class LiveServer:
 
     async def _on_watch(self, conn: Connection, msg: dict) -> dict:
         stream = self._stream(conn, msg)
+        cfg = self.config
+        role = auth.role_of(stream, msg.get("token"))
+        slots = None if role == "control" else cfg.max_viewers_per_stream - cfg.control_viewer_slots
         sdp = field(msg, "sdp", str)
         codec = field(msg, "codec", str, None)
         if codec is not None and codec not in CODECS:
@@ -422,7 +501,7 @@ class LiveServer:
                 f"this connection already has {len(conn.viewers)} viewers; the limit is "
                 f"{self.config.max_viewers_per_connection}",
             )
-        viewer_id, answer = await stream.add_viewer(conn, sdp, CODECS.get(codec))
+        viewer_id, answer = await stream.add_viewer(conn, sdp, CODECS.get(codec), slots)
         return {
             "type": "answer",
             "stream": stream.id,
@@ -437,18 +516,24 @@ class LiveServer:
         stream = conn.viewers.get(viewer_id)
         if stream is None:
             raise request_error("unknown_viewer", f"no viewer {viewer_id!r} on this connection")
+        self._authorize(conn, stream, msg)
         await stream.remove_viewer(viewer_id, "unwatched")
         return {"type": "unwatched", "stream": stream.id, "viewer": viewer_id}
 
     async def _on_join(self, conn: Connection, msg: dict) -> dict:
         stream = self._stream(conn, msg)
-        return {
+        role = auth.role_of(stream, msg.get("token"))
+        joined = {
             "type": "joined",
             **stream.snapshot(),
             "fps": stream.fps,
             "frames_per_chunk": stream.fpc,
             "ticks_per_frame": stream.playout.ticks_per_frame,
+            "role": role,
         }
+        if role == "control":  # a co-narrator can share the stream onward
+            joined["view_token"] = stream.view_token
+        return joined
 
     async def _on_leave(self, conn: Connection, msg: dict) -> dict:
         stream = self._stream(conn, msg, attach=False)
@@ -503,8 +588,16 @@ class LiveServer:
             await task
         return {"type": "stopped", "stream": stream.id}
 
-    async def _on_streams(self, conn, msg):
-        return {"type": "streams", "streams": [s.snapshot() for s in self.streams.values()]}
+    async def _on_streams(self, conn: Connection, msg: dict) -> dict:
+        """The streams this connection presented a token for; every one for an API key."""
+        if self.config.api_keys and "key" in msg:
+            self._check_key(conn, msg)
+        shown = [
+            {**s.snapshot(), "role": conn.presented.get(s.id)}
+            for s in self.streams.values()
+            if conn.keyed or s.id in conn.presented
+        ]
+        return {"type": "streams", "streams": shown}
 
     async def _on_stats(self, conn: Connection, msg: dict) -> dict:
         stream = self._stream(conn, msg, attach=False)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import ipaddress
+from dataclasses import dataclass, field
 
 from model.config import USER_SAMPLING, SamplerConfig
 from model.errors import ConfigError
 from model.precision import DTYPE_CHOICES
+from server.auth import is_loopback
 
 CODECS = {"vp8": "video/VP8", "h264": "video/H264"}
 
@@ -22,7 +24,9 @@ class ServerConfig:
     ahead_chunks: int = 2  # chunks generated ahead of the one playing
     grace_seconds: float = 10.0  # a stream with no controller and no viewer ends after this
     max_streams: int = 8
+    max_streams_per_key: int = 4  # live streams one API key (no keys: one connection) runs
     max_viewers_per_stream: int = 32
+    control_viewer_slots: int = 1  # of a stream's viewer slots, kept for control-token holders
     max_viewers_per_connection: int = 8  # so one client cannot take a stream's every slot
     max_message_bytes: int = 64 * 1024  # larger messages get a "too_big" error
     hard_message_bytes: int = 1024 * 1024  # larger ones close the connection (1009)
@@ -31,6 +35,14 @@ class ServerConfig:
     prompt_burst: int = 8  # ...with this burst
     message_rate: float = 100.0  # any message, per second per connection...
     message_burst: int = 200  # ...with this burst
+    auth_failure_rate: float = 0.5  # requests refused unauthorized, per second per connection...
+    auth_failure_burst: int = 20  # ...with this burst; past it the connection is closed (1008)
+    # API keys: when any is set, `create` needs one of them as "key" (never logged or shown)
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    insecure: bool = False  # allow binding beyond loopback without an API key
+    # addresses whose ICE host candidates the server offers (None: the address it serves on;
+    # a wildcard host offers every address the machine has)
+    ice_addresses: tuple[str, ...] | None = None
     command_queue: int = 64  # loop -> worker commands; when full a request gets "busy"
     result_queue: int = 16  # worker -> loop chunks; when full the worker waits
     viewer_queue: int = 12  # encoded frames waiting for one viewer; when full it skips to a key
@@ -65,6 +77,24 @@ class ServerConfig:
             raise ConfigError(
                 f"unknown dtype {self.dtype!r}; known: {', '.join(DTYPE_CHOICES)}", value=self.dtype
             )
+        if not self.api_keys and not self.insecure and not is_loopback(self.host):
+            raise ConfigError(
+                f"refusing to serve on {self.host} without an API key: anyone who reaches it "
+                "could start streams. Give --api-key KEY (or ENDLESS_API_KEY), or --insecure "
+                "to serve without one",
+                value=self.host,
+            )
+        for address in self.ice_addresses or ():
+            try:
+                ipaddress.ip_address(address)
+            except ValueError:
+                raise ConfigError(
+                    f"--ice-address {address!r} is not an IP address", value=address
+                ) from None
+        if any(not isinstance(k, str) or not k for k in self.api_keys):
+            raise ConfigError("an API key must be a non-empty string")
+        if self.max_streams_per_key < 1 or self.control_viewer_slots < 0:
+            raise ConfigError("max_streams_per_key must be >= 1, control_viewer_slots >= 0")
         SamplerConfig(**self.sampler_changes())  # ConfigError for bad steps/guidance/interval
 
     def sampler_changes(self) -> dict:

@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 
+from server.auth import new_token
 from server.fanout import EncodedFrame, FanoutTrack, SharedEncoder, adopt
+from server.ice import restrict_gathering
 from server.playout import PlanChange, Playout
 from server.protocol import request_error
 from server.worker import ChangePlan, ChunkReady, StreamOpened
@@ -54,10 +56,22 @@ def codec_preferences(preferred_mime: str) -> list:
 
 
 class LiveStream:
+    """`control_token` and `view_token` (server/auth.py) are new unless given (a stream
+    restored from a snapshot keeps its own)."""
+
     def __init__(
-        self, server: LiveServer, stream_id: str, prompt: str, seed: int, info: StreamOpened
+        self,
+        server: LiveServer,
+        stream_id: str,
+        prompt: str,
+        seed: int,
+        info: StreamOpened,
+        control_token: str | None = None,
+        view_token: str | None = None,
     ):
         self.server = server
+        self.control_token = control_token or new_token()
+        self.view_token = view_token or new_token()
         self.config = server.config
         self.metrics = server.metrics
         self.id = stream_id
@@ -198,8 +212,12 @@ class LiveStream:
         self.members.clear()
 
     # -- viewers -----------------------------------------------------------------------------
-    async def add_viewer(self, conn: Connection, sdp: str, codec: str | None) -> tuple[str, str]:
-        if (refusal := self._no_room()) is not None:
+    async def add_viewer(
+        self, conn: Connection, sdp: str, codec: str | None, slots: int | None = None
+    ) -> tuple[str, str]:
+        """Answer a viewer's offer; `slots`: the viewer slots open to this viewer's role
+        (the stream's limit unless fewer)."""
+        if (refusal := self._no_room(slots)) is not None:
             raise refusal
         viewer_id = secrets.token_hex(4)
         track = FanoutTrack(
@@ -212,6 +230,7 @@ class LiveStream:
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         try:
             transceiver = pc.addTransceiver(track, direction="sendonly")
+            restrict_gathering(pc, self.server.ice_addresses)
             adopt(transceiver.sender)
             transceiver.setCodecPreferences(codec_preferences(codec or self.config.codec_mime))
             await pc.setRemoteDescription(RTCSessionDescription(strip_mdns(sdp), "offer"))
@@ -223,7 +242,7 @@ class LiveStream:
             await pc.close()
             raise request_error("bad_sdp", f"cannot answer this offer: {exc}") from None
         # the answer took awaits: the stream may have ended, or other watches filled it
-        if (refusal := self._no_room()) is not None:
+        if (refusal := self._no_room(slots)) is not None:
             track.stop()
             await pc.close()
             raise refusal
@@ -245,12 +264,19 @@ class LiveStream:
         )
         return viewer_id, pc.localDescription.sdp
 
-    def _no_room(self):
+    def _no_room(self, slots: int | None = None):
         """Why a new viewer cannot be added now (an error to raise), or None."""
         if self.ended:
             return request_error("unknown_stream", f"stream {self.id} has ended", self.id)
-        if len(self.viewers) >= self.config.max_viewers_per_stream:
+        limit = self.config.max_viewers_per_stream
+        if len(self.viewers) >= limit:
             return request_error("too_many_viewers", f"stream {self.id} has its viewer limit")
+        if slots is not None and len(self.viewers) >= slots:
+            return request_error(
+                "too_many_viewers",
+                f"stream {self.id} has no viewer slot left for a view token (the last "
+                f"{limit - slots} are kept for control tokens)",
+            )
         return None
 
     def _check_connected(self, viewer_id: str) -> None:

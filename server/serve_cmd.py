@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 
 import uvloop
 
 from model.precision import add_dtype_option
 from model.sampler import add_sampling_options, sampling_changes
+from server.auth import is_loopback
 from server.config import CODECS, ServerConfig
 
 
@@ -66,6 +68,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=d.torch_threads,
         help="torch threads of the model worker (default %(default)s)",
     )
+    p.add_argument(
+        "--api-key",
+        action="append",
+        metavar="KEY",
+        help="creating a stream needs this key (repeatable; or set ENDLESS_API_KEY, which "
+        "keeps it out of the process list); needed to bind beyond loopback",
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="bind beyond loopback without an API key (anyone who reaches it may create)",
+    )
+    p.add_argument(
+        "--ice-address",
+        action="append",
+        metavar="ADDR",
+        help="offer WebRTC candidates on this IP address (repeatable; default: the --host "
+        "address, every address for 0.0.0.0)",
+    )
     add_dtype_option(p, default=d.dtype)
     add_sampling_options(p)  # for every stream
     p.add_argument(
@@ -73,9 +94,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def api_keys(args: argparse.Namespace) -> tuple[str, ...]:
+    """--api-key values, then ENDLESS_API_KEY's (empty ones dropped)."""
+    keys = [*(args.api_key or ()), os.environ.get("ENDLESS_API_KEY", "")]
+    return tuple(dict.fromkeys(k for k in keys if k))
+
+
 def config_from(args: argparse.Namespace) -> ServerConfig:
     return ServerConfig(
         host=args.host,
+        api_keys=api_keys(args),
+        insecure=args.insecure,
+        ice_addresses=tuple(args.ice_address) if args.ice_address else None,
         port=args.port,
         model=args.model,
         codec=args.codec,
@@ -97,6 +127,10 @@ async def serve(config: ServerConfig) -> None:
     await server.start()
     print(f"endless: serving on {server.url}  (websocket {server.ws_url})", flush=True)
     print(f"endless: open {server.url} in a browser; metrics at {server.url}metrics", flush=True)
+    if config.api_keys:
+        print("endless: creating a stream needs the API key", flush=True)
+    elif not is_loopback(config.host):
+        print(f"endless: warning: serving {config.host} with no API key (--insecure)", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

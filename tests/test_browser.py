@@ -109,19 +109,93 @@ async def test_page_reports_unknown_words_clearly(live_server, page):
     )
 
 
-async def test_a_second_page_joins_a_stream_from_its_url(live_server, page):
-    """Opening ?stream=ID joins that stream instead of creating a new one."""
+CONTROLS = ["#pause", "#stop", "#prompt", "#send", "#add-item", "#play-storyboard",
+            "#storyboard", "#share-control"]  # fmt: skip
+
+
+async def shared_link(page, button: str) -> str:
+    """Click a share button on the page and read the link it offers."""
+    await page.click(button)
+    await page.wait_for_function("document.getElementById('share-link').value !== ''")
+    return await page.input_value("#share-link")
+
+
+async def test_the_share_link_page_plays_the_stream_and_has_no_controls(live_server, page):
+    """ "share this stream" gives /?stream=ID&view=TOKEN; that page joins the same stream
+    (one encode for both), plays it, shows no control at all, and the server refuses it
+    control; the creator's address bar holds no token."""
+    server = await live_server()
+    await page.goto(server.url)
+    ms = timeout(20) * 1000
+    await page.wait_for_function("window.endless.viewer !== null", timeout=ms)
+    (live,) = server.streams.values()
+    assert live.control_token not in page.url and live.view_token not in page.url
+    assert await page.evaluate("window.endless.role") == "control"
+    link = await shared_link(page, "#share")
+    assert link == f"{server.url}?stream={live.id}&view={live.view_token}"
+
+    viewer = await page.context.browser.new_page()
+    await viewer.goto(link)
+    await viewer.wait_for_function("document.getElementById('video').currentTime > 0.5", timeout=ms)
+    assert await viewer.evaluate("window.endless.role") == "view"
+    for selector in CONTROLS:
+        assert await viewer.locator(selector).count() == 0, selector
+    visible = await viewer.evaluate(
+        """() => [...document.querySelectorAll("button, input, textarea, select")]
+            .filter((el) => el.offsetParent !== null).map((el) => el.id)"""
+    )
+    assert visible == ["share"]  # its own view link, to pass on; nothing that steers
+    refused = await viewer.evaluate(
+        "onStream('prompt', {text: 'a small blue square'}).catch((err) => err.code)"
+    )
+    assert refused == "forbidden"
+    assert len(server.streams) == 1 and len(live.viewers) == 2 and len(live.encoders) == 1
+
+
+async def test_the_share_control_link_page_can_steer_the_stream(live_server, page):
+    """ "share control" gives /?stream=ID&control=TOKEN; that page has the controls, and a
+    prompt typed there is applied to the creator's stream."""
+    server = await live_server()
+    await page.goto(server.url)
+    ms = timeout(20) * 1000
+    await page.wait_for_function("window.endless.viewer !== null", timeout=ms)
+    (live,) = server.streams.values()
+    link = await shared_link(page, "#share-control")
+    assert link == f"{server.url}?stream={live.id}&control={live.control_token}"
+
+    narrator = await page.context.browser.new_page()
+    await narrator.goto(link)
+    await narrator.wait_for_function("window.endless.viewer !== null", timeout=ms)
+    assert await narrator.evaluate("window.endless.role") == "control"
+    assert await narrator.locator("#prompt").is_visible()
+    await narrator.fill("#prompt", "a small blue square moving left in the snow")
+    await narrator.click("#send")
+    await narrator.wait_for_function("window.endless.applied.length === 1", timeout=ms)
+    applied = await narrator.evaluate("window.endless.applied[0]")
+    assert live.playout.plan.prompt_at(applied["frame"] // 12) == applied["prompt"]
+    # the co-narrator can pass the stream on too: its view link is the creator's
+    assert (
+        await shared_link(narrator, "#share")
+        == f"{server.url}?stream={live.id}&view={live.view_token}"
+    )
+    assert list(server.streams) == [live.id]
+
+
+async def test_a_link_with_a_wrong_token_says_so_and_starts_nothing(live_server, page):
+    """A link to a live stream with a forged token gets no video, says why, and creates
+    no stream of its own."""
     server = await live_server()
     await page.goto(server.url)
     ms = timeout(20) * 1000
     await page.wait_for_function("window.endless.stream !== null", timeout=ms)
-    url = page.url
-    second = await page.context.browser.new_page()
-    await second.goto(url)
-    await second.wait_for_function("document.getElementById('video').currentTime > 0.5", timeout=ms)
-    assert len(server.streams) == 1
     (live,) = server.streams.values()
-    assert len(live.viewers) == 2 and len(live.encoders) == 1
+    forged = await page.context.browser.new_page()
+    await forged.goto(f"{server.url}?stream={live.id}&view=forged-token")
+    await forged.wait_for_function(
+        "document.getElementById('message').textContent.includes('no valid token')", timeout=ms
+    )
+    assert await forged.evaluate("window.endless.viewer") is None
+    assert list(server.streams) == [live.id] and len(live.viewers) == 1
 
 
 async def test_a_page_opened_on_an_ended_stream_starts_a_new_one(live_server, page):

@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import pty
+import re
 import subprocess
 import sys
 
@@ -41,6 +42,9 @@ async def test_watch_records_an_h264_mp4_and_plays_a_storyboard(live_server, tmp
     assert await watch.watch(args) == 0
     printed = capsys.readouterr().out
     assert "created stream" in printed and "(frame 24)" in printed
+    (token,) = re.findall(r"control token \(steers\): (\S+)", printed)
+    (view,) = re.findall(r"view token \(share to watch\): (\S+)", printed)
+    assert len(token) == len(view) == 43 and token != view
     with av.open(str(out)) as container:
         stream = container.streams.video[0]
         assert stream.codec_context.name == "h264"
@@ -107,3 +111,26 @@ async def test_a_long_watch_keeps_bounded_events_and_frames(live_server):
         seen = s.event_count
         later = await s.wait_event(lambda e: e["type"] == "stats", timeout(5), start=seen)
         assert s.event_count > 5 >= len(s.events) and later in s.events
+
+
+async def test_watch_joins_with_a_token_and_a_view_token_cannot_prompt(
+    live_server, session, capsys
+):
+    """`endless watch --stream ID --token VIEW` joins and receives frames as a viewer;
+    with --prompt the view token is refused ("forbidden")."""
+    from client.session import ServerError
+
+    server = await live_server(grace_seconds=10)
+    owner = await session(server.ws_url)
+    created = await owner.create("a big red circle bouncing over the ocean")
+    parser = argparse.ArgumentParser()
+    watch.add_arguments(parser)
+    base = [server.ws_url, "--stream", created["stream"], "--token", created["view_token"]]
+    assert await watch.watch(parser.parse_args([*base, "--seconds", "1.5"])) == 0
+    printed = capsys.readouterr().out
+    assert f"joined stream {created['stream']} (view token)" in printed
+    assert int(re.search(r"received (\d+) frames", printed).group(1)) > 0
+    assert server.streams[created["stream"]].playout.plan.prompt_at(10**6).startswith("a big red")
+    with pytest.raises(ServerError) as info:
+        await watch.watch(parser.parse_args([*base, "--prompt", "a small blue square"]))
+    assert info.value.code == "forbidden"

@@ -62,3 +62,36 @@ def test_serve_refuses_bad_sampling_settings_with_a_clear_error():
             timeout=timeout(60),
         )
         assert done.returncode == 2 and said in done.stderr, done.stderr
+
+
+def test_serve_refuses_to_bind_beyond_loopback_without_an_api_key():
+    """`endless serve --host 0.0.0.0` with no key: exit 2, naming --api-key and --insecure."""
+    env = {k: v for k, v in os.environ.items() if k != "ENDLESS_API_KEY"}
+    done = subprocess.run(
+        [sys.executable, "-m", "server.cli", "serve", "--host", "0.0.0.0", "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=timeout(60),
+        env=env,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "without an API key" in done.stderr and "--insecure" in done.stderr
+
+
+def test_the_api_key_comes_from_the_flag_or_ENDLESS_API_KEY(monkeypatch):
+    """--api-key (repeatable) and ENDLESS_API_KEY both give keys; --ice-address is kept."""
+    import argparse
+
+    from server import serve_cmd
+
+    parser = argparse.ArgumentParser()
+    serve_cmd.add_arguments(parser)
+    monkeypatch.setenv("ENDLESS_API_KEY", "from-env")
+    args = parser.parse_args(
+        ["--host", "0.0.0.0", "--api-key", "a", "--api-key", "b", "--ice-address", "192.0.2.9"]
+    )
+    config = serve_cmd.config_from(args)
+    assert config.api_keys == ("a", "b", "from-env")
+    assert config.ice_addresses == ("192.0.2.9",)
+    monkeypatch.delenv("ENDLESS_API_KEY")
+    assert serve_cmd.config_from(parser.parse_args(["--insecure", "--host", "::"])).insecure

@@ -85,7 +85,9 @@ async def test_bad_sdp_is_rejected_and_the_stream_keeps_playing(live_server, ses
     server, s, stream = await started(live_server, session)
     for sdp in ("hello", "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"):
         with pytest.raises(ServerError) as info:
-            await s.request({"type": "watch", "stream": stream, "sdp": sdp})
+            await s.request(
+                {"type": "watch", "stream": stream, "token": s.tokens[stream], "sdp": sdp}
+            )
         assert info.value.code == "bad_sdp"
     assert not server.streams[stream].viewers
     await still_alive(server, s, stream)
@@ -119,7 +121,8 @@ async def test_a_prompt_flood_is_rate_limited_per_connection(live_server, sessio
     applied = [r for r in replies if isinstance(r, dict)]
     assert len(applied) == 4 and len(limited) == 16
     other = await session(server.ws_url)
-    assert (await other.prompt(stream, "a yellow ring"))["type"] == "prompt_applied"
+    applied = await other.prompt(stream, "a yellow ring", token=s.tokens[stream])
+    assert applied["type"] == "prompt_applied"
     await still_alive(server, s, stream)
 
 
@@ -171,7 +174,7 @@ async def test_a_client_that_vanishes_mid_stream_is_cleaned_up(live_server, sess
     """A controller+viewer whose socket dies is dropped; another controller keeps the stream."""
     server, s, stream = await started(live_server, session)
     ghost = await session(server.ws_url)
-    viewer = await ghost.watch(stream)
+    viewer = await ghost.watch(stream, token=s.tokens[stream])
     await viewer.wait_frames(6, timeout(15))
     ghost.ws.transport.abort()
     live = server.streams[stream]
@@ -203,7 +206,7 @@ async def test_a_watch_still_being_answered_when_the_stream_ends_is_refused(
 
     monkeypatch.setattr(RTCPeerConnection, "setRemoteDescription", answer_after_the_end)
     watcher = await session(server.ws_url)
-    watch = asyncio.ensure_future(watcher.watch(stream))
+    watch = asyncio.ensure_future(watcher.watch(stream, token=s.tokens[stream]))
     await asyncio.wait_for(answering.wait(), timeout(10))  # the server is mid-answer
     await s.stop(stream)
     with pytest.raises(ServerError) as info:
@@ -225,7 +228,8 @@ async def test_one_connection_cannot_take_every_viewer_slot(live_server, session
         await s.watch(stream, keep_images=False)
     assert info.value.code == "too_many_viewers" and "limit is 2" in info.value.message
     other = await session(server.ws_url)
-    await (await other.watch(stream, keep_images=False)).wait_frames(2, timeout(15))
+    viewer = await other.watch(stream, keep_images=False, token=s.tokens[stream])
+    await viewer.wait_frames(2, timeout(15))
     assert len(server.streams[stream].viewers) == 3
 
 
@@ -233,7 +237,7 @@ async def test_stop_ends_the_stream_for_everyone(live_server, session):
     """ "stop" ends a stream: every attached client gets stream_ended; its id is then unknown."""
     server, s, stream = await started(live_server, session)
     other = await session(server.ws_url)
-    await other.join(stream)
+    await other.join(stream, s.tokens[stream])
     start = len(other.events)
     assert (await s.stop(stream))["type"] == "stopped"
     ended = await other.wait_event(lambda e: e["type"] == "stream_ended", timeout(5), start)

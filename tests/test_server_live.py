@@ -139,7 +139,7 @@ async def test_two_viewers_of_one_stream_get_the_same_frames_from_one_encode(
     monkeypatch.setattr(vpx.Vp8Encoder, "encode", counting)
     server, s1, stream, v1 = await watched(live_server, session)
     s2 = await session(server.ws_url)
-    v2 = await s2.watch(stream)
+    v2 = await s2.watch(stream, token=s1.tokens[stream])
     await v2.wait_frames(48, timeout(15))
     live = server.streams[stream]
     (encoder,) = live.encoders.values()  # one (stream, codec) encoder
@@ -180,7 +180,7 @@ async def test_a_viewer_disconnecting_leaves_the_stream_and_other_viewers_runnin
     """A viewer whose connection vanishes is removed; the stream and the other viewer go on."""
     server, s1, stream, v1 = await watched(live_server, session)
     s2 = await session(server.ws_url)
-    v2 = await s2.watch(stream)
+    v2 = await s2.watch(stream, token=s1.tokens[stream])
     await v2.wait_frames(12, timeout(15))
     s2.ws.transport.abort()  # vanishes: no close frame, no goodbye
     await v2.pc.close()

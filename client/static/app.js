@@ -1,5 +1,9 @@
 // endless browser viewer: connects by itself, creates (or joins ?stream=ID) a stream,
 // watches it over WebRTC, and sends prompts and storyboards (docs/protocol.md).
+// Roles: the page that creates a stream holds its control token (kept in this tab's
+// sessionStorage, not in the address bar); "share this stream" gives a view link
+// (?stream=ID&view=TOKEN: the video, no controls), "share control" a control link
+// (?stream=ID&control=TOKEN) for a co-narrator.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -12,6 +16,9 @@ const app = {
   replies: new Map(),
   hello: null,
   stream: null,
+  token: null, // the token this page sends for its stream
+  role: null, // "control" or "view"
+  viewToken: null, // known to a controlling page, for its share link
   viewer: null,
   pc: null,
   fps: 24,
@@ -129,16 +136,35 @@ function onMessage(msg) {
   }
 }
 
+// A request on this page's stream, with its token.
+function onStream(type, fields = {}) {
+  return request({ type, stream: app.stream, token: app.token, ...fields });
+}
+
 // -- starting: create or join, then watch ---------------------------------------------------
+const kept = (stream) => `endless.control.${stream}`; // sessionStorage key of a control token
+
+function tokenFor(stream, params) {
+  if (app.stream === stream && app.token) return app.token; // rejoining after a reconnect
+  return params.get("control") || params.get("view") || sessionStorage.getItem(kept(stream));
+}
+
 async function start() {
   const params = new URLSearchParams(location.search);
   let stream = params.get("stream");
   if (stream) {
+    const token = tokenFor(stream, params);
     try {
-      const joined = await request({ type: "join", stream });
+      const joined = await request({ type: "join", stream, token });
       app.fps = joined.fps;
+      setRole(stream, token, joined.role, joined.view_token);
       setPaused(Boolean(joined.paused));
     } catch (err) {
+      if (err.code === "unauthorized") {
+        setStatus("not playing", "down");
+        showMessage(`This link has no valid token for stream ${stream}.`, "error");
+        return;
+      }
       if (err.code !== "unknown_stream") throw err;
       showMessage(`Stream ${stream} has ended; starting a new one.`, "error");
       stream = null;
@@ -149,13 +175,51 @@ async function start() {
     const created = await request({ type: "create", prompt, seed: 0 });
     stream = created.stream;
     app.fps = created.fps;
+    setRole(stream, created.control_token, "control", created.view_token);
     history.replaceState(null, "", `?stream=${encodeURIComponent(stream)}`);
   }
   app.stream = stream;
-  const share = $("share");
-  share.href = location.href;
-  share.hidden = false;
+  $("share").hidden = !app.viewToken;
   await watch(stream);
+}
+
+// What this page may do: a view page loses every control (they leave the page).
+function setRole(stream, token, role, viewToken) {
+  app.token = token;
+  app.role = role;
+  app.viewToken = viewToken || (role === "view" ? token : null);
+  if (role === "control") {
+    sessionStorage.setItem(kept(stream), token);
+    $("share-control").hidden = false;
+  } else {
+    viewOnly();
+  }
+}
+
+function viewOnly() {
+  document.querySelectorAll("[data-role=control]").forEach((el) => el.remove());
+}
+
+function shareLink(kind) {
+  const token = kind === "view" ? app.viewToken : app.token;
+  const q = new URLSearchParams({ stream: app.stream, [kind]: token });
+  return `${location.origin}/?${q}`;
+}
+
+async function share(kind) {
+  if (!app.stream) return noStream();
+  const link = shareLink(kind);
+  $("share-what").textContent =
+    kind === "view" ? "Watch-only link:" : "Control link (lets its holder steer):";
+  $("share-link").value = link;
+  $("share-box").hidden = false;
+  $("share-link").select();
+  try {
+    await navigator.clipboard.writeText(link);
+    showMessage("Link copied.", "ok");
+  } catch (err) {
+    showMessage("Copy the link above.", "ok");
+  }
 }
 
 // Starting failed: say so; a busy server is asked again a little later.
@@ -203,7 +267,7 @@ async function watch(stream) {
     await pc.setLocalDescription(await pc.createOffer());
     await gatheringComplete(pc, 1500);
     setStatus("negotiating video…");
-    const answer = await request({ type: "watch", stream, sdp: pc.localDescription.sdp });
+    const answer = await onStream("watch", { sdp: pc.localDescription.sdp });
     app.viewer = answer.viewer;
     app.ticksPerFrame = answer.ticks_per_frame;
     await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
@@ -270,7 +334,7 @@ async function sendPrompt(text) {
   if (!app.stream) return noStream();
   const sent = performance.now();
   try {
-    const reply = await request({ type: "prompt", stream: app.stream, text });
+    const reply = await onStream("prompt", { text });
     app.applied.push(reply);
     app.pendingSwitch = { frame: reply.frame, sent, prompt: reply.prompt };
     showMessage(`Applied “${reply.prompt}” from frame ${reply.frame}.`, "ok");
@@ -305,7 +369,7 @@ async function playStoryboard() {
     return;
   }
   try {
-    const reply = await request({ type: "storyboard", stream: app.stream, items });
+    const reply = await onStream("storyboard", { items });
     const when = reply.items.map((i) => `${i.at}s → frame ${i.frame}`).join(", ");
     showMessage(`Storyboard scheduled: ${when}.`, "ok");
   } catch (err) {
@@ -322,7 +386,7 @@ function setStatus(text, kind = "") {
 
 function setPaused(paused) {
   app.paused = paused;
-  $("pause").textContent = paused ? "Resume" : "Pause";
+  if ($("pause")) $("pause").textContent = paused ? "Resume" : "Pause";
 }
 
 function showMessage(text, kind) {
@@ -344,7 +408,7 @@ function showError(err) {
       el.append(span);
       if (i < err.words.length - 1) el.append(", ");
     });
-    el.append(". The model only knows the words listed below.");
+    el.append(". The model only knows the words listed beside the prompt.");
   } else {
     const text = err && err.message ? err.message : String(err);
     el.textContent = err && err.code ? `${text} (${err.code})` : text;
@@ -354,7 +418,7 @@ function showError(err) {
 
 function showVocabulary(vocab) {
   const parts = Object.entries(vocab).map(([k, words]) => `${k}: ${words.join(", ")}`);
-  $("vocabulary").textContent = `Words: ${parts.join(" · ")}`;
+  if ($("vocabulary")) $("vocabulary").textContent = `Words: ${parts.join(" · ")}`;
 }
 
 async function updateStats() {
@@ -393,17 +457,20 @@ document.addEventListener("DOMContentLoaded", () => {
   $("pause").onclick = async () => {
     if (!app.stream) return noStream();
     try {
-      const reply = await request({ type: app.paused ? "resume" : "pause", stream: app.stream });
+      const reply = await onStream(app.paused ? "resume" : "pause");
       setPaused(reply.type === "paused");
     } catch (err) {
       showError(err);
     }
   };
   $("stop").onclick = () => {
-    if (app.stream) request({ type: "stop", stream: app.stream }).catch(showError);
+    if (app.stream) onStream("stop").catch(showError);
   };
+  $("share").onclick = () => share("view");
+  $("share-control").onclick = () => share("control");
   addStoryboardRow(2, "a small cyan ring moving left in the night");
   addStoryboardRow(5, "a big yellow triangle standing still in the desert");
+  if (new URLSearchParams(location.search).get("view")) viewOnly(); // no controls, ever
   setInterval(updateStats, 1000);
   connect();
 });
