@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass, field, fields
 
 from model.errors import ConfigError
 
-FORMAT_VERSION = 1
+# 2: the head's outputs are read in Wan's order (model/checkpoint.py upgrades format 1)
+FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
