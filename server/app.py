@@ -26,6 +26,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from memory.stream import chunk_frames_of
 from model.bundle import DEFAULT_WEIGHTS, VideoModel
 from model.errors import EndlessError, PromptError
 from model.precision import dtype_name, resolve_dtype
@@ -55,6 +56,16 @@ def load_model(spec: str, dtype: str = "auto") -> VideoModel:
     if spec == "random" or spec.startswith("random:"):
         return VideoModel.from_seed(0, spec.partition(":")[2] or "tiny", dtype=compute)
     return VideoModel.load(Path(spec), compute)
+
+
+def prompt_kind(model: VideoModel) -> dict[str, Any]:
+    """What `hello` says of prompts: "tinyworld" (with its vocabulary and filler words)
+    or "free-text" (any words, e.g. umT5's)."""
+    kind = model.text.prompts
+    if kind != "tinyworld":
+        return {"prompts": kind}
+    vocabulary = {k: list(v) for k, v in VOCAB.items()}
+    return {"prompts": kind, "vocabulary": vocabulary, "filler": sorted(FILLER)}
 
 
 def static_dir() -> Path:
@@ -310,6 +321,7 @@ class LiveServer:
     def _hello(self) -> dict[str, Any]:
         mc = self.model.config
         cfg = self.config
+        per_chunk = chunk_frames_of(self.model)
         return {
             "type": "hello",
             "server": "endless",
@@ -319,14 +331,14 @@ class LiveServer:
             "fps": mc.stream.fps,
             "width": mc.stream.width,
             "height": mc.stream.height,
-            "frames_per_chunk": mc.stream.chunk_latent_frames * mc.vae.time_stride,
+            "frames_per_chunk": per_chunk.rest,  # every chunk after the first
+            "first_chunk_frames": per_chunk.first,
             "codecs": list(CODECS),
             "codec": cfg.codec,
             "default_prompt": DEFAULT_PROMPT,
             "sampling": mc.sampler.sampling(),
             "dtype": dtype_name(self.model.dtype),  # compute precision
-            "vocabulary": {k: list(v) for k, v in VOCAB.items()},
-            "filler": sorted(FILLER),
+            **prompt_kind(self.model),
             "limits": {
                 "max_prompt_chars": cfg.max_prompt_chars,
                 "max_message_bytes": cfg.max_message_bytes,
@@ -405,6 +417,7 @@ class LiveServer:
             "seed": seed,
             "fps": stream.fps,
             "frames_per_chunk": stream.fpc,
+            "first_chunk_frames": stream.frames.first,
             "width": stream.width,
             "height": stream.height,
             "ticks_per_frame": stream.playout.ticks_per_frame,

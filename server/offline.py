@@ -87,12 +87,12 @@ def render_video(
     if not timeline:
         raise RenderError("nothing to render: no prompt given")
     stream = Stream(model, timeline[0][1], seed=seed)
-    fpc = stream.frames_per_chunk
-    switches = [(chunk_at(at, stream.fps, fpc), text) for at, text in timeline[1:]]
+    per_chunk = stream.frames  # frames per chunk, as the model's VAE decodes them
+    switches = [(chunk_at(at, stream.fps, per_chunk), text) for at, text in timeline[1:]]
     for _, text in switches:  # validate every prompt up front
         model.text.encode_strict(text)
     total_frames = round(seconds * stream.fps)
-    chunks = math.ceil(total_frames / fpc)
+    chunks = per_chunk.chunks_for(total_frames)
     pending = sorted(switches)
     written = 0
     t0 = time.perf_counter()
