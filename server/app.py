@@ -31,6 +31,7 @@ from model.bundle import DEFAULT_WEIGHTS, VideoModel
 from model.errors import EndlessError, PromptError
 from model.precision import dtype_name, resolve_dtype
 from model.tinyworld.spec import FILLER, VOCAB
+from model.wan.load import load_named
 from server import protocol
 from server.config import CODECS, ServerConfig
 from server.live import LiveStream
@@ -43,11 +44,22 @@ DEFAULT_PROMPT = "a big red circle bouncing over the ocean"
 VERSION = "0.1.0"
 
 
-def load_model(spec: str, dtype: str = "auto") -> VideoModel:
+def load_model(
+    spec: str,
+    dtype: str = "auto",
+    base: str | None = None,
+    lora: str | None = None,
+    size: str | None = None,
+) -> VideoModel:
     """ "tiny": the shipped weights (random init if they are absent), "random[:preset]":
-    random init, anything else: a checkpoint path; in the compute dtype `dtype` names."""
+    random init, FAMILY:PATH: a Wan2.1 model on `base` with `lora` (docs/models.md),
+    anything else: a checkpoint path; at `size` ("WxH"), in the compute dtype `dtype` names."""
     compute = resolve_dtype(dtype)
     log.info("model %s in %s", spec, dtype_name(compute))
+    return load_named(spec, base, lora, size, compute, lambda s: _builtin(s, compute))
+
+
+def _builtin(spec: str, compute) -> VideoModel:
     if spec == "tiny":
         if DEFAULT_WEIGHTS.is_file():
             return VideoModel.load_default(compute)
@@ -138,7 +150,9 @@ class LiveServer:
         cfg = self.config
         self._loop = loop = asyncio.get_running_loop()
         if self.model is None:
-            self.model = await loop.run_in_executor(None, load_model, cfg.model, cfg.dtype)
+            self.model = await loop.run_in_executor(
+                None, load_model, cfg.model, cfg.dtype, cfg.base, cfg.lora, cfg.size
+            )
         self.model.with_sampler(**cfg.sampler_changes())
         rewind = self.model.config.stream.rewind_chunks
         if cfg.ahead_chunks + 1 > rewind:

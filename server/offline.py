@@ -15,6 +15,7 @@ from model.bundle import VideoModel
 from model.errors import ConfigError, RenderError
 from model.precision import resolve_dtype
 from model.storyboard import chunk_at
+from model.wan.load import load_named
 from server.video_file import Mp4Writer
 
 MAX_SECONDS = 24 * 3600  # longer renders are almost surely a typo
@@ -41,12 +42,25 @@ class RenderResult:
     realtime_factor: float
 
 
-def resolve_model(spec: str, threads: int | None = None, dtype: str = "auto") -> VideoModel:
-    """'tiny' (shipped weights), 'random:PRESET' (random init), or a checkpoint path, in
-    the compute dtype named by `dtype` ("auto", "bf16" or "fp32"; see `resolve_dtype`)."""
+def resolve_model(
+    spec: str,
+    threads: int | None = None,
+    dtype: str = "auto",
+    base: str | None = None,
+    lora: str | None = None,
+    size: str | None = None,
+) -> VideoModel:
+    """'tiny' (shipped weights), 'random:PRESET' (random init), a checkpoint path, or a
+    Wan2.1 model (FAMILY:PATH with `base` and `lora`, docs/models.md), at `size` ("WxH";
+    default the model's), in the compute dtype named by `dtype` ("auto", "bf16" or
+    "fp32"; see `resolve_dtype`)."""
     if threads:
         torch.set_num_threads(threads)
     compute = resolve_dtype(dtype)
+    return load_named(spec, base, lora, size, compute, lambda s: _builtin(s, compute))
+
+
+def _builtin(spec: str, compute: torch.dtype) -> VideoModel:
     if spec == "tiny":
         return VideoModel.load_default(compute)
     if spec.startswith("random:"):
@@ -54,7 +68,9 @@ def resolve_model(spec: str, threads: int | None = None, dtype: str = "auto") ->
     if Path(spec).suffix == ".safetensors" or Path(spec).exists():
         return VideoModel.load(spec, compute)
     raise ConfigError(
-        f"unknown model {spec!r}: use 'tiny', 'random:PRESET' or a .safetensors path", value=spec
+        f"unknown model {spec!r}: use 'tiny', 'random:PRESET', a .safetensors path or a "
+        "Wan2.1 model (wan:DIR, self-forcing:CKPT, causvid:CKPT, longlive:CKPT)",
+        value=spec,
     )
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from model.bundle import VideoModel
+from model.bundle import VideoModel, parse_size
 from model.config import ModelConfig, TextConfig, VAEConfig
 from model.dit import Rope3D, WanModel
 from model.errors import CheckpointError, ConfigError
@@ -125,6 +125,29 @@ def _build_text(config: dict, state, tokenizer_dir: Path, source: str) -> UMT5Te
     _fill(encoder, state, source)
     encoder.tie_weights()
     return UMT5TextEncoder(encoder.eval(), tokenizer)
+
+
+def load_named(
+    spec: str,
+    base: str | None,
+    lora: str | None,
+    size: str | None,
+    dtype: torch.dtype,
+    builtin,
+) -> VideoModel:
+    """The model `--model SPEC [--base DIR] [--lora LORA] [--size WxH]` names: a Wan2.1
+    family (FAMILY:PATH), or one of endless's own, made by `builtin(spec)` (tiny,
+    random:PRESET, a checkpoint path) and then set to `size`."""
+    wxh = parse_size(size) if size else None
+    if is_wan_spec(spec):
+        return load_wan(parse_spec(spec, base, lora), wxh, dtype)
+    if base is not None or lora is not None:
+        raise ConfigError(
+            f"--base and --lora go with a Wan2.1 model (self-forcing:CKPT, ...), not {spec!r}",
+            value=spec,
+        )
+    model = builtin(spec)
+    return model.with_size(*wxh) if wxh else model
 
 
 def load_wan(
