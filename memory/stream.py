@@ -289,7 +289,8 @@ class Stream:
             return dit(x, s, text, positions, ctx=plan.context, prev=prev)
 
         guidance = self.guidance_at(plan.chunk)
-        return self.sampler.sample(plan.noise, velocity, self.steps, guidance, None, motion)
+        key = (self.seed, plan.chunk)  # fixes the fresh noise of x0_renoise samplers
+        return self.sampler.sample(plan.noise, velocity, self.steps, guidance, None, motion, key)
 
     @property
     def steps(self) -> int:
