@@ -20,6 +20,7 @@ import torch
 from memory.cache import CacheLayout, ContextCache
 from memory.policy import CachePolicy, SinkRollingWindow
 from model.bundle import VideoModel
+from model.chunk_frames import ChunkFrames
 from model.dit import AttnContext, block_causal_mask, chunk_prev
 from model.errors import EndlessError
 from model.sampler import Cond, FlowSampler
@@ -43,6 +44,15 @@ class ChunkPlan:
     n_context: int  # latent frames in the context
     noise: torch.Tensor  # (1, z, F, h, w)
     prev: torch.Tensor | None = None  # the DiT's `prev` input (models with prev_frames)
+
+
+def chunk_frames_of(model: VideoModel) -> ChunkFrames:
+    """Video frames per chunk of the model's streams, as its VAE decodes them: chunk 0
+    starts the decoder's video (Wan's VAE: 9 frames, then 12; TinyWorld's: 12 always)
+    unless the sampler's warm-up chunks were decoded before it."""
+    n = model.config.stream.chunk_latent_frames
+    warm = model.config.sampler.warmup_chunks > 0
+    return ChunkFrames(model.vae.frames_for(n, not warm), model.vae.frames_for(n, False))
 
 
 def chunk_noise(seed: int, chunk: int, shape, dtype) -> torch.Tensor:
@@ -78,12 +88,15 @@ class Stream:
         self.fps = sc.fps
         self.height, self.width = sc.height, sc.width
         self.chunk_frames = sc.chunk_latent_frames  # latent frames per chunk
-        self.frames_per_chunk = sc.chunk_latent_frames * cfg.vae.time_stride
-        self.latent_h = sc.height // cfg.vae.space_stride
-        self.latent_w = sc.width // cfg.vae.space_stride
+        vae = model.vae
+        self.z_dim = vae.z_dim
+        self.latent_h = sc.height // vae.space_stride
+        self.latent_w = sc.width // vae.space_stride
         # Warm-up (the sampler's warmup_chunks): chunks -N..-1, made before chunk 0 and
         # never shown; their latent frames sit before chunk 0's in the cache.
         self._warm_frames = cfg.sampler.warmup_chunks * self.chunk_frames
+        self.frames = chunk_frames_of(model)  # video frames per chunk, from the VAE
+        self.frames_per_chunk = self.frames.rest  # frames of every chunk after the first
         self._warm_prompt: EncodedPrompt | None = None
         self.policy = policy or SinkRollingWindow(
             sink=sc.sink_latent_frames,
@@ -93,7 +106,7 @@ class Stream:
             sink_start=self._warm_frames,
         )
         layout = CacheLayout.for_model(
-            model.dit, cfg.vae.z_dim, self.latent_h, self.latent_w, model.dtype
+            model.dit, self.z_dim, self.latent_h, self.latent_w, model.dtype
         )
         self.cache = ContextCache(layout, self.policy)
         self._null = model.text.null()
@@ -171,7 +184,7 @@ class Stream:
 
     # -- generation ----------------------------------------------------------------------
     def next_chunk(self) -> np.ndarray:
-        """Generate the next chunk: uint8 (frames_per_chunk, H, W, 3)."""
+        """Generate the next chunk: uint8 (frames.count(chunk), H, W, 3)."""
         t0 = time.perf_counter()
         plan = self.plan()
         t1 = time.perf_counter()
@@ -220,8 +233,7 @@ class Stream:
                 self._recached_at.append(k)
             self.cache.prompt_key = prompt
         self.stats.ms["recache"] = (time.perf_counter() - t0) * 1e3
-        z = self.model.config.vae.z_dim
-        shape = (1, z, self.chunk_frames, self.latent_h, self.latent_w)
+        shape = (1, self.z_dim, self.chunk_frames, self.latent_h, self.latent_w)
         noise = chunk_noise(self.seed, k, shape, self.model.dtype)
         ctx = self.cache.attn_context(self.model.dit)
         prev = chunk_prev(self._latents_before(), self.chunk_frames)
@@ -238,8 +250,8 @@ class Stream:
         frames = list(range(head - p, head))
         context = self.cache.context_frames()
         if any(f not in context for f in frames):  # a stream's first chunk
-            z = self.model.config.vae.z_dim
-            return torch.zeros((1, z, p, self.latent_h, self.latent_w), dtype=self.model.dtype)
+            shape = (1, self.z_dim, p, self.latent_h, self.latent_w)
+            return torch.zeros(shape, dtype=self.model.dtype)
         latents = self.cache.context_latents()[:, :, [context.index(f) for f in frames]]
         return self._as_context(latents, frames)
 
@@ -277,7 +289,8 @@ class Stream:
             return dit(x, s, text, positions, ctx=plan.context, prev=prev)
 
         guidance = self.guidance_at(plan.chunk)
-        return self.sampler.sample(plan.noise, velocity, self.steps, guidance, None, motion)
+        key = (self.seed, plan.chunk)  # fixes the fresh noise of x0_renoise samplers
+        return self.sampler.sample(plan.noise, velocity, self.steps, guidance, None, motion, key)
 
     @property
     def steps(self) -> int:
@@ -367,7 +380,10 @@ class Stream:
         mask = block_causal_mask(groups, groups, tpf)
         latents = self.cache.context_latents()
         kvs = self._context_kv(latents, frames, prompt, torch.arange(len(frames)), None, mask)
-        self.cache.write(frames, latents, kvs)
+        kept = set()  # LongLive (recache_sink False) keeps the sink's keys/values as made
+        if not self.model.config.stream.recache_sink:
+            kept = set(filter(self.policy.pinned, frames))
+        self.cache.write(frames, latents, kvs, skip=kept)
         return True
 
 
@@ -382,8 +398,8 @@ def follow_timeline(
     Each switch applies at the first chunk starting at or after its time; whole chunks only.
     """
     s = Stream(model, timeline[0][1], seed=seed)
-    switches = {chunk_at(at, s.fps, s.frames_per_chunk): p for at, p in timeline[1:]}
-    for k in range(int(round(seconds * s.fps)) // s.frames_per_chunk):
+    switches = {chunk_at(at, s.fps, s.frames): p for at, p in timeline[1:]}
+    for k in range(s.frames.chunk_of(int(round(seconds * s.fps)))):
         if k in switches:
             s.set_prompt(switches[k])
         yield from s.next_chunk()
@@ -399,12 +415,12 @@ def continue_from(
     later chunks, up to `frames`' length in whole chunks, the model makes. With rendered
     truth as `frames` it tells what a model does from a true past, not from its own."""
     s = Stream(model, prompt, seed=seed)
-    n = len(frames) // s.frames_per_chunk
+    n = s.frames.chunk_of(len(frames))
     if not 0 <= given_chunks <= n:
         raise ValueError(f"given_chunks must be in 0..{n}, not {given_chunks}")
     out = []
     if given_chunks:
-        given = frames_to_tensor(frames[: given_chunks * s.frames_per_chunk])
+        given = frames_to_tensor(frames[: s.frames.start(given_chunks)])
         latents, _ = model.vae.encode(given.to(model.dtype))
         f = s.chunk_frames
         for k in range(given_chunks):

@@ -10,25 +10,43 @@ import torch
 from model.checkpoint import load_strict, read_checkpoint, save_checkpoint
 from model.config import ModelConfig, preset
 from model.dit import WanModel
-from model.errors import CheckpointError
+from model.errors import CheckpointError, ConfigError
 from model.precision import resolve_dtype
-from model.text import TinyWorldTextEncoder
-from model.vae import CausalVAE
+from model.text import TextEncoder, TinyWorldTextEncoder
+from model.vae import CausalVAE, VideoVAE
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "tiny.safetensors"
 PARTS = ("dit", "vae", "text")
 
 
-class VideoModel(torch.nn.Module):
-    """Everything a stream needs to generate; read-only while streams run."""
+def parse_size(text: str) -> tuple[int, int]:
+    """ "832x480" -> (832, 480): WIDTHxHEIGHT in pixels; ConfigError if malformed."""
+    w, sep, h = text.lower().partition("x")
+    if not sep or not w.isdigit() or not h.isdigit():
+        raise ConfigError(f"size must be WIDTHxHEIGHT, e.g. 832x480, not {text!r}", value=text)
+    return int(w), int(h)
 
-    def __init__(self, config: ModelConfig, dtype: torch.dtype = torch.float32):
+
+class VideoModel(torch.nn.Module):
+    """Everything a stream needs to generate; read-only while streams run.
+
+    Built from `config` (TinyWorld's parts, random init), or from parts loaded elsewhere
+    (`dit`, `vae`, `text`: e.g. Wan's VAE and umT5, model/wan/load.py)."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        dtype: torch.dtype = torch.float32,
+        dit: WanModel | None = None,
+        vae: VideoVAE | None = None,
+        text: TextEncoder | None = None,
+    ):
         super().__init__()
         self.config = config
-        self.dit = WanModel(config.dit)
-        self.vae = CausalVAE(config.vae)
-        self.text = TinyWorldTextEncoder(config.text)
+        self.dit = dit if dit is not None else WanModel(config.dit)
+        self.vae = vae if vae is not None else CausalVAE(config.vae)
+        self.text = text if text is not None else TinyWorldTextEncoder(config.text)
         self.dtype = dtype  # compute dtype of the denoiser and decoder
         self.requires_grad_(False)
         self.eval()
@@ -69,6 +87,21 @@ class VideoModel(torch.nn.Module):
         """Change sampler settings (steps, shift, guidance, guidance_interval) in place for
         streams made after this call, e.g. `with_sampler(guidance=4, guidance_interval=(.7, 1))`."""
         self.config = replace(self.config, sampler=replace(self.config.sampler, **changes))
+        return self
+
+    def with_size(self, width: int, height: int) -> VideoModel:
+        """Generate `width` x `height` frames in streams made after this call; both must be
+        positive multiples of the VAE's stride times the DiT's patch (16 for Wan and
+        TinyWorld). Raises ConfigError otherwise."""
+        step = self.vae.space_stride * max(self.config.dit.patch_size[1:])
+        if width <= 0 or height <= 0 or width % step or height % step:
+            raise ConfigError(
+                f"unsupported size {width}x{height}: width and height must be positive "
+                f"multiples of {step} (the VAE's stride x the patch size) for this model",
+                value=f"{width}x{height}",
+            )
+        stream = replace(self.config.stream, width=width, height=height)
+        self.config = replace(self.config, stream=stream)
         return self
 
     @classmethod

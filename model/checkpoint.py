@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from model.config import FORMAT_VERSION, ModelConfig
+from model.config import FORMAT_VERSION, DiTConfig, ModelConfig
 from model.errors import CheckpointError, ConfigError
 
 
@@ -39,10 +40,10 @@ def read_checkpoint(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tens
     except Exception as exc:  # safetensors raises its own error types
         raise CheckpointError(f"{path} is not a readable safetensors file: {exc}") from exc
     version = meta.get("format_version")
-    if version != str(FORMAT_VERSION):
+    if version not in READABLE_VERSIONS:
         raise CheckpointError(
             f"{path} has checkpoint format version {version!r}; this endless reads "
-            f"version {FORMAT_VERSION}",
+            f"versions {', '.join(READABLE_VERSIONS)}",
             value=version,
         )
     if "config" not in meta:
@@ -51,7 +52,29 @@ def read_checkpoint(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tens
         config = ModelConfig.from_json(meta["config"])
     except (ConfigError, ValueError) as exc:
         raise CheckpointError(f"{path}: its config cannot be read: {exc}") from exc
+    if version == "1":
+        tensors = upgrade_head_order(tensors, config.dit)
     return config, tensors, meta
+
+
+# Format 1 read a token's head outputs in (c, pt, ph, pw) order; format 2 reads them in
+# Wan's (pt, ph, pw, c). A format-1 file is upgraded as it is read, by reordering the rows
+# of the head's projection, so it computes exactly what it computed before.
+READABLE_VERSIONS = ("1", str(FORMAT_VERSION))
+HEAD_KEYS = ("head.head.weight", "head.head.bias")
+
+
+def head_rows(t: torch.Tensor, first: int, second: int) -> torch.Tensor:
+    """Rows of t (first*second, ...) taken as a (first, second) grid, transposed: the rows
+    (i, j) -> (j, i). Rows (c, p) -> (p, c) with first=C, second=P, and back with them
+    swapped."""
+    return t.reshape(first, second, *t.shape[1:]).transpose(0, 1).reshape(t.shape)
+
+
+def upgrade_head_order(tensors: dict[str, torch.Tensor], dit: DiTConfig) -> dict:
+    """A format-1 state dict (any key prefix) with its head rows in Wan's order."""
+    c, p = dit.out_dim, math.prod(dit.patch_size)
+    return {k: head_rows(v, c, p) if k.endswith(HEAD_KEYS) else v for k, v in tensors.items()}
 
 
 def load_strict(module: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:

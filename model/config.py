@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass, field, fields
 
 from model.errors import ConfigError
 
-FORMAT_VERSION = 1
+# 2: the head's outputs are read in Wan's order (model/checkpoint.py upgrades format 1)
+FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,31 @@ def _check_number(name: str, value: object, lo: float, hi: float) -> None:
         raise ConfigError(f"{name} must be a number from {lo} to {hi}, got {value!r}", value)
 
 
+SAMPLER_MODES = ("euler", "x0_renoise")
+
+
+def check_schedule(cfg) -> None:
+    """Raise ConfigError unless the sampler's mode and timesteps fit together."""
+    if cfg.mode not in SAMPLER_MODES:
+        raise ConfigError(
+            f"sampler mode must be one of {', '.join(SAMPLER_MODES)}, got {cfg.mode!r}", cfg.mode
+        )
+    if cfg.timesteps is None:
+        return
+    ts = list(cfg.timesteps)
+    if cfg.mode != "x0_renoise":
+        raise ConfigError("timesteps are given only to the x0_renoise sampler", ts)
+    falling = all(a > b for a, b in zip(ts, ts[1:], strict=False))
+    if not ts or not falling or any(not 0 < t <= 1000 for t in ts):
+        raise ConfigError(f"timesteps must decrease within (0, 1000], got {ts}", ts)
+    if cfg.steps != len(ts):
+        raise ConfigError(
+            f"this sampler denoises at its own {len(ts)} timesteps {ts}: steps must be "
+            f"{len(ts)}, got {cfg.steps}",
+            cfg.steps,
+        )
+
+
 MAX_WARMUP_CHUNKS = 16  # each one delays a stream's first frame by a chunk's compute
 # The sampler settings a user chooses: the flags every tool shares, `endless serve`'s
 # overrides, and what `hello` announces (the rest, e.g. the schedule's shift, is the model's).
@@ -128,6 +154,17 @@ class SamplerConfig:
     # text encoders that cannot leave it unsaid, skip it.
     motion_guidance: float = 0.0
     motion_guidance_from: float = 0.75
+    # How a step moves from one noise level to the next. "euler": a deterministic Euler
+    # step of the velocity (TinyWorld's). "x0_renoise": predict x0 = x - sigma * v, then
+    # noise it again with fresh noise to the next level, as Self-Forcing, CausVid and
+    # LongLive sample (the fresh noise is fixed by (seed, chunk, step): rewinds repeat).
+    mode: str = "euler"
+    # The published denoising timesteps (0..1000, decreasing), e.g. Self-Forcing's
+    # (1000, 750, 500, 250); None: `steps` levels of the shifted schedule. warp_timesteps
+    # reads them as indices into the shifted 1000-step training schedule (their
+    # `warp_denoising_step`), so 750 becomes sigma 0.9375 at shift 5.
+    timesteps: tuple[float, ...] | None = None
+    warp_timesteps: bool = False
 
     def sampling(self) -> dict:
         """The settings a user chooses (`USER_SAMPLING`), JSON-ready."""
@@ -151,6 +188,7 @@ class SamplerConfig:
             ("motion_guidance_from", 1),
         ):
             _check_number(name, getattr(self, name), 0, hi)
+        check_schedule(self)
         lo, hi = self.guidance_interval
         if not 0.0 <= lo <= hi <= 1.0:
             raise ConfigError(
@@ -170,6 +208,9 @@ class StreamConfig:
     sink_latent_frames: int = 3  # first frames kept for ever (attention sink)
     window_latent_frames: int = 6  # most recent latent frames kept
     rewind_chunks: int = 4  # how many chunks back a stream can rewind
+    # A prompt switch re-caches the context under the new prompt (LongLive's KV re-cache);
+    # False keeps the sink's keys/values as they were made, as LongLive does
+    recache_sink: bool = True
 
 
 @dataclass(frozen=True)

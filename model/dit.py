@@ -305,11 +305,13 @@ class WanModel(nn.Module):
         return x.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, -1, c * pt * ph * pw)
 
     def unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        """(B, N, pt*ph*pw*C) head outputs -> (B, C, F, H, W). A token's outputs are read in
+        Wan's order (pt, ph, pw, c): channel fastest, as Wan's and diffusers' unpatchify."""
         f, h, w = grid
         pt, ph, pw = self.cfg.patch_size
         c = self.cfg.out_dim
         b = x.shape[0]
-        x = x.view(b, f, h, w, c, pt, ph, pw).permute(0, 4, 1, 5, 2, 6, 3, 7)
+        x = x.view(b, f, h, w, pt, ph, pw, c).permute(0, 7, 1, 4, 2, 5, 3, 6)
         return x.reshape(b, c, f * pt, h * ph, w * pw)
 
     def time_embeddings(self, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

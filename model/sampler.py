@@ -2,6 +2,11 @@
 
 Convention: x_sigma = (1 - sigma) * x0 + sigma * noise, the model predicts the velocity
 v = noise - x0, and an Euler step moves x from sigma to sigma_next by (sigma_next - sigma) v.
+
+The few-step causal Wan checkpoints (Self-Forcing, CausVid, LongLive) sample otherwise
+(`SamplerConfig.mode = "x0_renoise"`): at each of their published timesteps the model's
+x0 = x - sigma v is noised again to the next timestep with fresh noise, and the last x0 is
+the result. Their timesteps index a shifted 1000-step training schedule (`training_schedule`).
 """
 
 from __future__ import annotations
@@ -24,6 +29,39 @@ def sigmas(steps: int, shift: float) -> torch.Tensor:
 def shift_sigma(u: torch.Tensor, shift: float) -> torch.Tensor:
     """Map uniform u in [0, 1] to the shifted schedule (used to sample training sigmas)."""
     return shift * u / (1.0 + (shift - 1.0) * u)
+
+
+TRAIN_STEPS = 1000
+
+
+def training_schedule(shift: float) -> torch.Tensor:
+    """The 1000 noise levels Self-Forcing / CausVid / LongLive train on: uniform from 1 down
+    to (not including) 0, shifted. Timestep t of theirs is 1000 * one of these levels."""
+    return shift_sigma(torch.linspace(1.0, 0.0, TRAIN_STEPS + 1)[:-1], shift)
+
+
+def x0_levels(cfg: SamplerConfig, steps: int) -> list[tuple[float, float]]:
+    """(told, sigma) per step of the x0_renoise sampler: the level the model is told (its
+    timestep / 1000) and the level the latents are at (the training schedule's level
+    nearest that timestep, as their scheduler looks it up; the same level when warped)."""
+    if cfg.timesteps is None:
+        levels = sigmas(steps, cfg.shift)[:-1].tolist()
+        return list(zip(levels, levels, strict=True))
+    table = training_schedule(cfg.shift)
+    ts = torch.tensor(cfg.timesteps, dtype=torch.float32)
+    if cfg.warp_timesteps:  # timestep t -> the (1000 - t)-th level of the training schedule
+        ts = torch.cat([table * TRAIN_STEPS, torch.zeros(1)])[TRAIN_STEPS - ts.long()]
+    nearest = (table[None, :] * TRAIN_STEPS - ts[:, None]).abs().argmin(dim=1)
+    return list(zip((ts / TRAIN_STEPS).tolist(), table[nearest].tolist(), strict=True))
+
+
+def step_noise(key: tuple[int, int], step: int, like: torch.Tensor) -> torch.Tensor:
+    """The fresh noise of step `step` of chunk `key` = (seed, chunk): fixed by the three, so
+    a rewound chunk is regenerated identically."""
+    seed, chunk = key
+    mixed = ((seed * 0x9E3779B1 + chunk) * 0x85EBCA77 + step * 0xC2B2AE3D + 1) % (2**63)
+    g = torch.Generator().manual_seed(mixed)
+    return torch.randn(like.shape, generator=g).to(like.device, like.dtype)
 
 
 class Cond(StrEnum):
@@ -54,28 +92,57 @@ class FlowSampler:
         guidance: float | None = None,
         interval: tuple[float, float] | None = None,
         motion_guidance: float | None = None,
+        key: tuple[int, int] | None = None,
     ) -> torch.Tensor:
+        """Denoise `noise` (the chunk at sigma 1). `key` = (seed, chunk) fixes the fresh
+        noise of the x0_renoise mode (required there)."""
         steps = steps or self.cfg.steps
         guidance = self.cfg.guidance if guidance is None else guidance
         lo, hi = self.cfg.guidance_interval if interval is None else interval
         motion = self.cfg.motion_guidance if motion_guidance is None else motion_guidance
+
+        def guided(x, s):
+            return self._velocity(x, s, velocity, guidance, (lo, hi), motion)
+
+        if self.cfg.mode == "x0_renoise":
+            if key is None:
+                raise ValueError("the x0_renoise sampler needs key=(seed, chunk)")
+            return self._x0_renoise(noise, guided, x0_levels(self.cfg, steps), key)
         sched = sigmas(steps, self.cfg.shift).tolist()
         x = noise
         for s, s_next in zip(sched[:-1], sched[1:], strict=True):
-            conds = [Cond.PROMPT]
-            if guidance != 1.0 and lo <= s <= hi:
-                conds.append(Cond.EMPTY)
-            if motion and s >= self.cfg.motion_guidance_from:
-                conds.append(Cond.NO_MOTION)
-            batch = x if len(conds) == 1 else torch.cat([x] * len(conds))
-            vs = dict(zip(conds, velocity(batch, s, tuple(conds)).chunk(len(conds)), strict=True))
-            v = vs[Cond.PROMPT]
-            if Cond.EMPTY in vs:
-                v = vs[Cond.EMPTY] + guidance * (vs[Cond.PROMPT] - vs[Cond.EMPTY])
-            if Cond.NO_MOTION in vs:
-                v = v + motion * (vs[Cond.PROMPT] - vs[Cond.NO_MOTION])
-            x = x + (s_next - s) * v
+            x = x + (s_next - s) * guided(x, s)
         return x
+
+    @staticmethod
+    def _x0_renoise(noise, guided, levels, key) -> torch.Tensor:
+        """x0 at each level, noised again with fresh noise to the next; the last x0."""
+        x = noise
+        for i, (told, s) in enumerate(levels):
+            x0 = x - s * guided(x, told)
+            if i + 1 == len(levels):
+                return x0
+            s_next = levels[i + 1][1]
+            x = (1 - s_next) * x0 + s_next * step_noise(key, i + 1, x0)
+        raise AssertionError("no levels")
+
+    def _velocity(self, x, s, velocity, guidance, interval, motion) -> torch.Tensor:
+        """The step's velocity at level s: the prompt's, with CFG and motion guidance where
+        they apply, the passes run as one batch."""
+        lo, hi = interval
+        conds = [Cond.PROMPT]
+        if guidance != 1.0 and lo <= s <= hi:
+            conds.append(Cond.EMPTY)
+        if motion and s >= self.cfg.motion_guidance_from:
+            conds.append(Cond.NO_MOTION)
+        batch = x if len(conds) == 1 else torch.cat([x] * len(conds))
+        vs = dict(zip(conds, velocity(batch, s, tuple(conds)).chunk(len(conds)), strict=True))
+        v = vs[Cond.PROMPT]
+        if Cond.EMPTY in vs:
+            v = vs[Cond.EMPTY] + guidance * (vs[Cond.PROMPT] - vs[Cond.EMPTY])
+        if Cond.NO_MOTION in vs:
+            v = v + motion * (vs[Cond.PROMPT] - vs[Cond.NO_MOTION])
+        return v
 
 
 def add_sampling_options(parser: argparse.ArgumentParser) -> None:

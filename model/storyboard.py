@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+from model.chunk_frames import ChunkFrames
 from model.errors import StoryboardError
 
 MAX_ITEMS = 10_000
@@ -64,6 +65,7 @@ def load_storyboard(path: str | Path) -> list[tuple[float, str]]:
     return parse_storyboard(raw)
 
 
-def chunk_at(seconds: float, fps: int, frames_per_chunk: int) -> int:
-    """First chunk that starts at or after `seconds` (a switch never comes early)."""
-    return math.ceil(round(seconds * fps, 6) / frames_per_chunk)
+def chunk_at(seconds: float, fps: int, frames_per_chunk: int | ChunkFrames) -> int:
+    """First chunk that starts at or after `seconds` (a switch never comes early);
+    `frames_per_chunk` is a constant count or the stream's `ChunkFrames`."""
+    return ChunkFrames.of(frames_per_chunk).boundary_at_or_after(round(seconds * fps, 6))

@@ -36,6 +36,8 @@ class TextEncoder(ABC, nn.Module):
 
     text_len: int
     text_dim: int
+    # which prompts it takes: "tinyworld" (TinyWorld's vocabulary) or "free-text"
+    prompts: str = "free-text"
 
     @abstractmethod
     def encode(self, text: str) -> EncodedPrompt:
@@ -55,6 +57,8 @@ class TextEncoder(ABC, nn.Module):
 
 class TinyWorldTextEncoder(TextEncoder):
     """One token per TinyWorld attribute slot; value 0 of each slot means "not said"."""
+
+    prompts = "tinyworld"
 
     def __init__(self, cfg: TextConfig):
         super().__init__()

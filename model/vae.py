@@ -14,6 +14,8 @@ state is a fixed size whatever the length of the stream.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,6 +23,31 @@ from torch import nn
 from model.config import VAEConfig
 
 State = list[torch.Tensor | None]  # one carry-over tensor per causal conv
+
+
+class VideoVAE(ABC, nn.Module):
+    """Interface: frames <-> normalised latents, chunk by chunk, the carry-over between
+    chunks an explicit value (a list of tensors) that the caller keeps: decoding chunk by
+    chunk with it gives the frames of decoding the whole video, and decoding again from a
+    kept state gives the same frames again (a stream's rewind)."""
+
+    z_dim: int  # latent channels
+    time_stride: int  # frames per latent frame
+    space_stride: int  # pixels per latent cell side
+
+    @abstractmethod
+    def encode(self, frames: torch.Tensor, state: State | None = None):
+        """frames (B, 3, T, H, W) in [-1, 1] -> (normalised latents, new state)."""
+
+    @abstractmethod
+    def decode(self, z: torch.Tensor, state: State | None = None):
+        """Normalised latents (B, z, F, h, w) -> (frames (B, 3, T, H, W), new state);
+        `state` None starts a video."""
+
+    def frames_for(self, latent_frames: int, first: bool) -> int:
+        """Frames that `latent_frames` latent frames decode to, at the start of a video
+        (`first`) or after it."""
+        return latent_frames * self.time_stride
 
 
 class CausalConv3d(nn.Conv3d):
@@ -156,12 +183,17 @@ def depth_to_space_time(x: torch.Tensor, b: int, f: int, ts: int) -> torch.Tenso
     return x.reshape(b, 3, f * ts, h * 4, w * 4)
 
 
-class CausalVAE(nn.Module):
+class CausalVAE(VideoVAE):
     """encode(frames) -> normalised latents; decode(latents) -> frames; both stateful."""
 
     def __init__(self, cfg: VAEConfig):
         super().__init__()
         self.cfg = cfg
+        self.z_dim, self.time_stride, self.space_stride = (
+            cfg.z_dim,
+            cfg.time_stride,
+            cfg.space_stride,
+        )
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
         # Per-channel latent statistics, set after training, so the DiT sees ~N(0, 1).

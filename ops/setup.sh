@@ -15,7 +15,7 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     || $PIP install -q torch
 fi
 if [ "${1:-}" = "--test" ]; then
-  $PIP install -q -e ".[test]"
+  $PIP install -q -e ".[test,wan]"
 else
   $PIP install -q -e .
 fi

@@ -26,10 +26,12 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from memory.stream import chunk_frames_of
 from model.bundle import DEFAULT_WEIGHTS, VideoModel
 from model.errors import EndlessError, PromptError, ProtocolError
 from model.precision import dtype_name, resolve_dtype
 from model.tinyworld.spec import FILLER, VOCAB
+from model.wan.load import load_named
 from server import auth, protocol
 from server.config import CODECS, ServerConfig
 from server.ice import offered_addresses
@@ -43,11 +45,22 @@ DEFAULT_PROMPT = "a big red circle bouncing over the ocean"
 VERSION = "0.1.0"
 
 
-def load_model(spec: str, dtype: str = "auto") -> VideoModel:
+def load_model(
+    spec: str,
+    dtype: str = "auto",
+    base: str | None = None,
+    lora: str | None = None,
+    size: str | None = None,
+) -> VideoModel:
     """ "tiny": the shipped weights (random init if they are absent), "random[:preset]":
-    random init, anything else: a checkpoint path; in the compute dtype `dtype` names."""
+    random init, FAMILY:PATH: a Wan2.1 model on `base` with `lora` (docs/models.md),
+    anything else: a checkpoint path; at `size` ("WxH"), in the compute dtype `dtype` names."""
     compute = resolve_dtype(dtype)
     log.info("model %s in %s", spec, dtype_name(compute))
+    return load_named(spec, base, lora, size, compute, lambda s: _builtin(s, compute))
+
+
+def _builtin(spec: str, compute) -> VideoModel:
     if spec == "tiny":
         if DEFAULT_WEIGHTS.is_file():
             return VideoModel.load_default(compute)
@@ -56,6 +69,16 @@ def load_model(spec: str, dtype: str = "auto") -> VideoModel:
     if spec == "random" or spec.startswith("random:"):
         return VideoModel.from_seed(0, spec.partition(":")[2] or "tiny", dtype=compute)
     return VideoModel.load(Path(spec), compute)
+
+
+def prompt_kind(model: VideoModel) -> dict[str, Any]:
+    """What `hello` says of prompts: "tinyworld" (with its vocabulary and filler words)
+    or "free-text" (any words, e.g. umT5's)."""
+    kind = model.text.prompts
+    if kind != "tinyworld":
+        return {"prompts": kind}
+    vocabulary = {k: list(v) for k, v in VOCAB.items()}
+    return {"prompts": kind, "vocabulary": vocabulary, "filler": sorted(FILLER)}
 
 
 def static_dir() -> Path:
@@ -147,7 +170,9 @@ class LiveServer:
         cfg = self.config
         self._loop = loop = asyncio.get_running_loop()
         if self.model is None:
-            self.model = await loop.run_in_executor(None, load_model, cfg.model, cfg.dtype)
+            self.model = await loop.run_in_executor(
+                None, load_model, cfg.model, cfg.dtype, cfg.base, cfg.lora, cfg.size
+            )
         self.model.with_sampler(**cfg.sampler_changes())
         rewind = self.model.config.stream.rewind_chunks
         if cfg.ahead_chunks + 1 > rewind:
@@ -337,6 +362,7 @@ class LiveServer:
     def _hello(self) -> dict[str, Any]:
         mc = self.model.config
         cfg = self.config
+        per_chunk = chunk_frames_of(self.model)
         return {
             "type": "hello",
             "server": "endless",
@@ -346,14 +372,14 @@ class LiveServer:
             "fps": mc.stream.fps,
             "width": mc.stream.width,
             "height": mc.stream.height,
-            "frames_per_chunk": mc.stream.chunk_latent_frames * mc.vae.time_stride,
+            "frames_per_chunk": per_chunk.rest,  # every chunk after the first
+            "first_chunk_frames": per_chunk.first,
             "codecs": list(CODECS),
             "codec": cfg.codec,
             "default_prompt": DEFAULT_PROMPT,
             "sampling": mc.sampler.sampling(),
             "dtype": dtype_name(self.model.dtype),  # compute precision
-            "vocabulary": {k: list(v) for k, v in VOCAB.items()},
-            "filler": sorted(FILLER),
+            **prompt_kind(self.model),
             "limits": {
                 "max_prompt_chars": cfg.max_prompt_chars,
                 "max_message_bytes": cfg.max_message_bytes,
@@ -481,6 +507,7 @@ class LiveServer:
             "seed": seed,
             "fps": stream.fps,
             "frames_per_chunk": stream.fpc,
+            "first_chunk_frames": stream.frames.first,
             "width": stream.width,
             "height": stream.height,
             "ticks_per_frame": stream.playout.ticks_per_frame,

@@ -18,6 +18,10 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 0  # 0: the OS picks a free port; the server reports the one it got
     model: str = "tiny"  # "tiny" (shipped; random init if absent), "random[:PRESET]", a path
+    # or a Wan2.1 model (FAMILY:PATH) with its base and LoRA (docs/models.md)
+    base: str | None = None  # --base DIR
+    lora: str | None = None  # --lora LORA
+    size: str | None = None  # --size WxH (None: the model's)
     codec: str = "vp8"  # preferred codec when a viewer offers several ("vp8" | "h264")
     bitrate: int = 500_000  # target bits/s of each encode (aiortc clamps to its codec's range)
     keyframe_seconds: float = 2.0  # a keyframe at least this often (and at each prompt switch)

@@ -77,8 +77,9 @@ class LiveStream:
         self.id = stream_id
         self.seed = seed
         self.fps, self.fpc = info.fps, info.frames_per_chunk
+        self.frames = info.frames  # frames per chunk, as the model's VAE decodes them
         self.height, self.width = info.height, info.width
-        self.playout = Playout(prompt, info.frames_per_chunk, info.fps, self.config.ahead_chunks)
+        self.playout = Playout(prompt, info.frames, info.fps, self.config.ahead_chunks)
         self.encoders: dict[str, SharedEncoder] = {}
         self.viewers: dict[str, Viewer] = {}
         self.members: set[Connection] = set()
@@ -358,7 +359,7 @@ class LiveStream:
             "realtime_factor": round(self.realtime_factor, 2),
             "encodes": {m: e.encodes for m, e in self.encoders.items()},
             "plan": [
-                {"frame": k * self.fpc, "prompt": t}
+                {"frame": self.frames.start(k), "prompt": t}
                 for k, t in p.plan.as_tuple()
                 if k >= p.play_chunk
             ]

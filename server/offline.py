@@ -15,6 +15,7 @@ from model.bundle import VideoModel
 from model.errors import ConfigError, RenderError
 from model.precision import resolve_dtype
 from model.storyboard import chunk_at
+from model.wan.load import load_named
 from server.video_file import Mp4Writer
 
 MAX_SECONDS = 24 * 3600  # longer renders are almost surely a typo
@@ -41,12 +42,25 @@ class RenderResult:
     realtime_factor: float
 
 
-def resolve_model(spec: str, threads: int | None = None, dtype: str = "auto") -> VideoModel:
-    """'tiny' (shipped weights), 'random:PRESET' (random init), or a checkpoint path, in
-    the compute dtype named by `dtype` ("auto", "bf16" or "fp32"; see `resolve_dtype`)."""
+def resolve_model(
+    spec: str,
+    threads: int | None = None,
+    dtype: str = "auto",
+    base: str | None = None,
+    lora: str | None = None,
+    size: str | None = None,
+) -> VideoModel:
+    """'tiny' (shipped weights), 'random:PRESET' (random init), a checkpoint path, or a
+    Wan2.1 model (FAMILY:PATH with `base` and `lora`, docs/models.md), at `size` ("WxH";
+    default the model's), in the compute dtype named by `dtype` ("auto", "bf16" or
+    "fp32"; see `resolve_dtype`)."""
     if threads:
         torch.set_num_threads(threads)
     compute = resolve_dtype(dtype)
+    return load_named(spec, base, lora, size, compute, lambda s: _builtin(s, compute))
+
+
+def _builtin(spec: str, compute: torch.dtype) -> VideoModel:
     if spec == "tiny":
         return VideoModel.load_default(compute)
     if spec.startswith("random:"):
@@ -54,7 +68,9 @@ def resolve_model(spec: str, threads: int | None = None, dtype: str = "auto") ->
     if Path(spec).suffix == ".safetensors" or Path(spec).exists():
         return VideoModel.load(spec, compute)
     raise ConfigError(
-        f"unknown model {spec!r}: use 'tiny', 'random:PRESET' or a .safetensors path", value=spec
+        f"unknown model {spec!r}: use 'tiny', 'random:PRESET', a .safetensors path or a "
+        "Wan2.1 model (wan:DIR, self-forcing:CKPT, causvid:CKPT, longlive:CKPT)",
+        value=spec,
     )
 
 
@@ -87,12 +103,12 @@ def render_video(
     if not timeline:
         raise RenderError("nothing to render: no prompt given")
     stream = Stream(model, timeline[0][1], seed=seed)
-    fpc = stream.frames_per_chunk
-    switches = [(chunk_at(at, stream.fps, fpc), text) for at, text in timeline[1:]]
+    per_chunk = stream.frames  # frames per chunk, as the model's VAE decodes them
+    switches = [(chunk_at(at, stream.fps, per_chunk), text) for at, text in timeline[1:]]
     for _, text in switches:  # validate every prompt up front
         model.text.encode_strict(text)
     total_frames = round(seconds * stream.fps)
-    chunks = math.ceil(total_frames / fpc)
+    chunks = per_chunk.chunks_for(total_frames)
     pending = sorted(switches)
     written = 0
     t0 = time.perf_counter()

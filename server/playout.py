@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from model.chunk_frames import ChunkFrames
+
 MEDIA_CLOCK_HZ = 90_000
 KEEP_EPOCHS = 64  # plan epochs whose cut points are remembered
 
@@ -31,9 +33,9 @@ def ticks_per_frame(fps: int) -> int:
 
 @dataclass(frozen=True)
 class Chunk:
-    index: int  # chunk k holds frames [k * frames_per_chunk, (k + 1) * frames_per_chunk)
+    index: int  # chunk k holds frames [frames.start(k), frames.start(k + 1))
     epoch: int  # plan epoch the worker generated it under
-    frames: np.ndarray  # (frames_per_chunk, H, W, 3) uint8
+    frames: np.ndarray  # (frames.count(k), H, W, 3) uint8
 
 
 @dataclass(frozen=True)
@@ -112,8 +114,11 @@ class PromptPlan:
 class Playout:
     """Chunks waiting to play and the play head of one stream (loop side)."""
 
-    def __init__(self, prompt: str, frames_per_chunk: int, fps: int, ahead_chunks: int):
-        self.fpc = frames_per_chunk
+    def __init__(
+        self, prompt: str, frames_per_chunk: int | ChunkFrames, fps: int, ahead_chunks: int
+    ):
+        self.frames = ChunkFrames.of(frames_per_chunk)  # the stream's frames per chunk
+        self.fpc = self.frames.rest
         self.fps = fps
         self.ticks_per_frame = ticks_per_frame(fps)
         self.ahead = ahead_chunks
@@ -139,7 +144,7 @@ class Playout:
     @property
     def play_chunk(self) -> int:
         """The chunk being played (or about to be)."""
-        return self.next_frame // self.fpc
+        return self.frames.chunk_of(self.next_frame)
 
     def credit(self) -> int:
         """The worker may generate chunks with an index below this."""
@@ -152,7 +157,7 @@ class Playout:
             if chunk.epoch not in self._cuts or chunk.index >= min(cuts):
                 self.frames_dropped += len(chunk.frames)
                 return False
-        if (chunk.index + 1) * self.fpc <= self.next_frame or chunk.index in self._buffer:
+        if self.frames.start(chunk.index + 1) <= self.next_frame or chunk.index in self._buffer:
             return False
         self._buffer[chunk.index] = chunk
         self.frames_accepted += len(chunk.frames)
@@ -161,16 +166,16 @@ class Playout:
     # -- plan changes ----------------------------------------------------------------------
     def first_unplayed_chunk(self) -> int:
         """The first chunk boundary no frame after which has been shown."""
-        return -(-self.next_frame // self.fpc)
+        return self.frames.boundary_at_or_after(self.next_frame)
 
     def set_prompt(self, text: str) -> tuple[int, PlanChange | None]:
         """Switch to `text` at the first unplayed chunk; returns (first frame, change)."""
         k = self.first_unplayed_chunk()
-        return k * self.fpc, self._change(self.plan.with_prompt(k, text), k)
+        return self.frames.start(k), self._change(self.plan.with_prompt(k, text), k)
 
     def chunk_of(self, seconds: float) -> int:
         """Nearest chunk boundary to a stream time, not before the first unplayed one."""
-        k = int(np.floor(seconds * self.fps / self.fpc + 0.5))
+        k = self.frames.nearest_boundary(seconds * self.fps)
         return max(k, self.first_unplayed_chunk())
 
     def set_storyboard(self, items: list[tuple[float, str]]) -> tuple[list[int], PlanChange | None]:
@@ -179,7 +184,7 @@ class Playout:
         chunks = [self.chunk_of(at) for at, _ in items]
         order = sorted(range(len(items)), key=lambda i: items[i][0])  # later `at` wins a tie
         placed = [(chunks[i], items[i][1]) for i in order]
-        return [c * self.fpc for c in chunks], self._change(
+        return [self.frames.start(c) for c in chunks], self._change(
             self.plan.with_storyboard(k0, placed), k0
         )
 
@@ -195,12 +200,12 @@ class Playout:
         self._keyframes = {f for f in self._keyframes if f >= self.next_frame}
         for idx in [i for i in self._buffer if i >= k]:
             self.frames_dropped += len(self._buffer.pop(idx).frames)
-        self._keyframes.add(k * self.fpc)
+        self._keyframes.add(self.frames.start(k))
         return PlanChange(self.epoch, k, self.plan.as_tuple())
 
     # -- the media clock ---------------------------------------------------------------------
     def has_next(self) -> bool:
-        return self.next_frame // self.fpc in self._buffer
+        return self.play_chunk in self._buffer
 
     @property
     def buffered_frames(self) -> int:
@@ -209,7 +214,7 @@ class Playout:
         while k in self._buffer:
             ready += len(self._buffer[k].frames)
             k += 1
-        return max(0, ready - self.next_frame % self.fpc)
+        return max(0, ready - self.frames.offset(self.next_frame))
 
     def step(self) -> Shown | None:
         """Advance one media tick: the next frame, or the last one held. None before start."""
@@ -231,14 +236,15 @@ class Playout:
         else:
             anchor = anchor or self.holding
             self.holding = False
-            k, i = divmod(self.next_frame, self.fpc)
+            k = self.play_chunk
+            i = self.frames.offset(self.next_frame)
             image = self._buffer[k].frames[i]
             keyframe = self.next_frame in self._keyframes
             self._keyframes.discard(self.next_frame)
             shown = Shown(self.tick, self.next_frame, image, False, keyframe, anchor)
             self._last_image, self.last_index = image, self.next_frame
             self.next_frame += 1
-            if self.next_frame % self.fpc == 0:
+            if self.next_frame == self.frames.start(k + 1):
                 del self._buffer[k]
         self.tick += 1
         return shown

@@ -11,6 +11,7 @@ from model.errors import RenderError
 from model.precision import add_dtype_option
 from model.sampler import add_sampling_options, use_sampling_options
 from model.storyboard import load_storyboard
+from model.wan.options import add_wan_options
 from server.offline import RenderProgress, check_duration, render_video, resolve_model
 
 
@@ -29,8 +30,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     add_sampling_options(p)
     p.add_argument(
-        "--model", default="tiny", help="'tiny' (shipped), 'random:PRESET' or a .safetensors path"
+        "--model",
+        default="tiny",
+        help="'tiny' (shipped), 'random:PRESET', a .safetensors path, or a Wan2.1 model: "
+        "wan:DIR, self-forcing:CKPT, causvid:CKPT, longlive:CKPT (docs/models.md)",
     )
+    add_wan_options(p)
     p.add_argument(
         "--threads",
         type=int,
@@ -70,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         raise RenderError(f"output folder {out.parent} does not exist", value=str(out))
     if not os.access(out.parent, os.W_OK):
         raise RenderError(f"output folder {out.parent} is not writable", value=str(out))
-    model = resolve_model(args.model, args.threads, args.dtype)
+    model = resolve_model(args.model, args.threads, args.dtype, args.base, args.lora, args.size)
     use_sampling_options(model, args)
     for _, text in timeline:
         model.text.encode_strict(text)

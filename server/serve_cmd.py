@@ -12,6 +12,7 @@ import uvloop
 
 from model.precision import add_dtype_option
 from model.sampler import add_sampling_options, sampling_changes
+from model.wan.options import add_wan_options
 from server.auth import is_loopback
 from server.config import CODECS, ServerConfig
 
@@ -23,9 +24,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
         default=d.model,
-        help='"tiny" (shipped weights; random init if absent), "random[:PRESET]", or a '
-        "checkpoint path (default %(default)s)",
+        help='"tiny" (shipped weights; random init if absent), "random[:PRESET]", a '
+        "checkpoint path, or a Wan2.1 model: wan:DIR, self-forcing:CKPT, causvid:CKPT, "
+        "longlive:CKPT (docs/models.md; default %(default)s)",
     )
+    add_wan_options(p)
     p.add_argument(
         "--codec",
         choices=list(CODECS),
@@ -108,6 +111,9 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         ice_addresses=tuple(args.ice_address) if args.ice_address else None,
         port=args.port,
         model=args.model,
+        base=args.base,
+        lora=args.lora,
+        size=args.size,
         codec=args.codec,
         bitrate=args.bitrate,
         keyframe_seconds=args.keyframe_seconds,

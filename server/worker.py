@@ -29,6 +29,7 @@ import torch
 
 from memory.stream import Stream
 from model.bundle import VideoModel
+from model.chunk_frames import ChunkFrames
 from model.errors import EndlessError
 from server.playout import Chunk, PlanChange
 
@@ -52,9 +53,14 @@ class ChangePlan:
 class StreamOpened:
     stream_id: str
     fps: int
-    frames_per_chunk: int
+    frames_per_chunk: int  # every chunk after the first
     height: int
     width: int
+    first_chunk_frames: int  # chunk 0 (the VAE's first decode: 9 for Wan's, 12 for tiny)
+
+    @property
+    def frames(self) -> ChunkFrames:
+        return ChunkFrames(self.first_chunk_frames, self.frames_per_chunk)
 
 
 @dataclass(frozen=True)
@@ -230,7 +236,12 @@ class GenerationWorker:
         self._jobs.append(_Job(cmd.stream_id, stream, ((0, cmd.prompt),)))
         self._put(
             StreamOpened(
-                cmd.stream_id, stream.fps, stream.frames_per_chunk, stream.height, stream.width
+                cmd.stream_id,
+                stream.fps,
+                stream.frames.rest,
+                stream.height,
+                stream.width,
+                stream.frames.first,
             )
         )
 

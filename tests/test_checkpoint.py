@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from model.bundle import VideoModel
 from model.checkpoint import read_checkpoint, save_checkpoint
-from model.config import PRESETS, ModelConfig
+from model.config import FORMAT_VERSION, PRESETS, ModelConfig
 from model.errors import CheckpointError, ConfigError
 
 torch.set_num_threads(1)
@@ -26,7 +26,7 @@ def test_round_trip_keeps_config_and_weights(tmp_path):
     a, b = m.state_dict(), back.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     _, _, meta = read_checkpoint(path)
-    assert meta["step"] == "7" and meta["format_version"] == "1"
+    assert meta["step"] == "7" and meta["format_version"] == str(FORMAT_VERSION)
 
 
 def test_config_json_round_trip_for_every_preset():

@@ -8,7 +8,8 @@ import torch
 from model.config import PRESETS
 from model.dit import WanModel
 from model.errors import CheckpointError
-from model.wan_import import wan_to_endless
+from model.wan.checkpoints import check_fits
+from model.wan.keys import WRAPPERS
 
 # Published Wan2.1-T2V-1.3B tensors (dim 1536, ffn 8960, 12 heads, 30 layers, text 4096).
 WAN_13B_SHAPES = {
@@ -48,13 +49,16 @@ def test_wan_1_3b_preset_has_the_published_names_and_shapes(wan13b):
 
 
 def test_self_forcing_style_prefixes_are_stripped():
-    """A state dict saved with wrapper prefixes (generator.model.*) maps onto the model."""
+    """A state dict saved with wrapper prefixes (generator.model.*, FSDP) maps onto the
+    model; an extra or a missing key is named."""
     m = WanModel(PRESETS["micro"].dit)
-    wrapped = {f"generator.model.{k}": v for k, v in m.state_dict().items()}
-    renamed = wan_to_endless(wrapped, m)
+    wrapped = {f"generator.model._fsdp_wrapped_module.{k}": v for k, v in m.state_dict().items()}
+    renamed = WRAPPERS(wrapped)
+    check_fits(renamed, m, "ckpt")
     m.load_state_dict(renamed, strict=True)
-    with pytest.raises(CheckpointError, match="no place"):
-        wan_to_endless({**wrapped, "model.img_emb.proj.0.weight": torch.zeros(1)}, m)
-    wrapped.pop("generator.model.head.head.weight")
-    with pytest.raises(CheckpointError, match="lacks 1 key"):
-        wan_to_endless(wrapped, m)
+    extra = WRAPPERS({**wrapped, "model.img_emb.proj.0.weight": torch.zeros(1)})
+    with pytest.raises(CheckpointError, match=r"unexpected 1 key.*img_emb"):
+        check_fits(extra, m, "ckpt")
+    wrapped.pop("generator.model._fsdp_wrapped_module.head.head.weight")
+    with pytest.raises(CheckpointError, match=r"missing 1 key.*head\.head\.weight"):
+        check_fits(WRAPPERS(wrapped), m, "ckpt")

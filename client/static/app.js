@@ -94,7 +94,7 @@ function onMessage(msg) {
   switch (msg.type) {
     case "hello":
       app.hello = msg;
-      showVocabulary(msg.vocabulary);
+      if (msg.vocabulary) showVocabulary(msg.vocabulary);
       start().catch(startFailed);
       break;
     case "timeline":

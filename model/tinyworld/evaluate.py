@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from model.chunk_frames import ChunkFrames
 from model.errors import EndlessError, StoryboardError
 from model.storyboard import is_seconds
 from model.tinyworld.reading import FrameRead, FrameReader, read_motion
@@ -212,10 +213,13 @@ def evaluate_frames(
     frames: Iterable[np.ndarray],
     timeline: list[tuple[float, str]],
     fps: int = FPS,
-    chunk_frames: int = 12,
+    chunk_frames: int | ChunkFrames = 12,
 ) -> Report:
-    """Score frames (each (S, S, 3) uint8) against [(at_seconds, prompt), ...]."""
-    if chunk_frames < 3:
+    """Score frames (each (S, S, 3) uint8) against [(at_seconds, prompt), ...], in chunks
+    of `chunk_frames` frames (a constant, or the model's `ChunkFrames` when its VAE
+    decodes a first chunk of another length)."""
+    c = ChunkFrames.of(chunk_frames)
+    if min(c.first, c.rest) < 3:
         raise StoryboardError("chunk_frames must be at least 3", value=chunk_frames)
     timeline_segments(timeline, 0, fps)  # bad prompts fail before any frame is read
     reader: FrameReader | None = None
@@ -234,10 +238,9 @@ def evaluate_frames(
     if n == 0:
         raise EndlessError("no frames to evaluate", value=n)
     segments = timeline_segments(timeline, n, fps)
-    c = chunk_frames
     chunk_reads = [
-        _read_chunk(reads[k * c : (k + 1) * c], np.arange(k * c, (k + 1) * c) / fps)
-        for k in range(n // c)
+        _read_chunk(reads[c.start(k) : c.start(k + 1)], np.arange(c.start(k), c.start(k + 1)) / fps)
+        for k in range(c.chunk_of(n))
     ]
     per_minute = 60 * fps
     total, held, seen = _Tally(), _Tally(), _Tally()
@@ -248,15 +251,15 @@ def evaluate_frames(
         asked = seg.asked
         triple = (asked.colour, asked.shape, asked.background)
         split = None if None in triple else held if is_held_out(*triple) else seen
-        first = -(-seg.start // c)
-        for k in range(first, seg.end // c):
+        first = c.boundary_at_or_after(seg.start)
+        for k in range(first, c.chunk_of(seg.end)):
             match = _matches(chunk_reads[k], asked)
             for attr in match:
                 read = chunk_reads[k][attr] or "none"
                 _count_reading(confusion, attr, getattr(asked, attr), read)
             if match:
                 total.add(match)
-                minute_tallies[k * c // per_minute].add(match)
+                minute_tallies[c.start(k) // per_minute].add(match)
                 if split is not None:
                     split.add(match)
                 while len(since_prompt) <= k - first:
@@ -271,7 +274,7 @@ def evaluate_frames(
     return Report(
         frames=n,
         fps=fps,
-        chunk_frames=c,
+        chunk_frames=c.rest,
         chunks_scored=total.n["all"],
         adherence=total.rates(),
         held_out=held.rates(),
@@ -288,11 +291,11 @@ def evaluate_frames(
 
 
 def _switch_result(
-    prev: Segment, seg: Segment, chunk_reads: list[dict], reads: list[FrameRead], c: int
+    prev: Segment, seg: Segment, chunk_reads: list[dict], reads: list[FrameRead], c: ChunkFrames
 ) -> SwitchResult:
     visible = None
-    first = -(-seg.start // c)
-    for k in range(first, seg.end // c):
+    first = c.boundary_at_or_after(seg.start)
+    for k in range(first, c.chunk_of(seg.end)):
         if all(_matches(chunk_reads[k], seg.said).values()):
             visible = k - first
             break
@@ -314,6 +317,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="OUT.json", help="also write the report as JSON")
     parser.add_argument(
         "--chunk-frames", type=int, default=12, help="frames per scored chunk (default 12)"
+    )
+    parser.add_argument(
+        "--first-chunk-frames",
+        type=int,
+        help="frames of the first chunk (default: --chunk-frames; 9 for a Wan VAE's video)",
     )
 
 
@@ -368,7 +376,9 @@ def run(args: argparse.Namespace) -> int:
         raise EndlessError(f"cannot write the report to {args.json}", value=args.json)
     timeline = load_timeline(args.timeline)
     frames, fps = read_video(args.video)
-    report = evaluate_frames(frames, timeline, fps=fps, chunk_frames=args.chunk_frames)
+    first = args.first_chunk_frames or args.chunk_frames
+    chunks = ChunkFrames(first, args.chunk_frames)
+    report = evaluate_frames(frames, timeline, fps=fps, chunk_frames=chunks)
     print(report.summary())
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:

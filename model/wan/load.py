@@ -1,0 +1,198 @@
+"""Assemble a VideoModel from Wan2.1 files: a denoiser, the base's VAE and umT5.
+
+    wan:DIR                                the base's own transformer, default causal preset
+    self-forcing:CKPT / causvid:CKPT       a causal checkpoint on the base (--base DIR)
+    longlive:CKPT [--lora LORA]            LongLive's, its LoRA merged at load
+
+Everything that can be checked is checked before a module is built: the files exist, the
+denoiser's keys and shapes fit (and the LoRA's), the size fits the VAE and patch, and the
+chosen device has the memory the family's preset says the model needs. Modules are built
+empty on the meta device and filled with `load_state_dict(assign=True, strict=True)`, so a
+failure leaves nothing half-loaded behind: the caller gets a CheckpointError / ConfigError.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from model.bundle import VideoModel, parse_size
+from model.config import ModelConfig, TextConfig, VAEConfig
+from model.dit import Rope3D, WanModel
+from model.errors import CheckpointError, ConfigError
+from model.wan.base_dir import BaseDir, find_base, text_parts, vae_parts
+from model.wan.checkpoints import (
+    check_fits,
+    dit_config_from_state,
+    heads_from_config,
+    merge_lora,
+    read_denoiser,
+)
+from model.wan.memory import check_memory
+from model.wan.text import UMT5TextEncoder
+from model.wan.vae import WanVAE
+
+log = logging.getLogger(__name__)
+FAMILY_NAMES = ("wan", "self-forcing", "causvid", "longlive")
+
+
+@dataclass(frozen=True)
+class WanSpec:
+    """What `--model FAMILY:PATH [--base DIR] [--lora LORA]` names."""
+
+    family: str
+    checkpoint: Path | None  # None: the base's own transformer (wan:DIR)
+    base: Path
+    lora: Path | None = None
+
+
+def is_wan_spec(spec: str) -> bool:
+    """Whether `--model` names a Wan2.1-based model (FAMILY:PATH)."""
+    return spec.partition(":")[0] in FAMILY_NAMES and ":" in spec
+
+
+def parse_spec(spec: str, base: str | None = None, lora: str | None = None) -> WanSpec:
+    """The model a `--model`/`--base`/`--lora` combination names; ConfigError if it
+    names none (an unknown family, a checkpoint without --base, ...)."""
+    family, _, path = spec.partition(":")
+    if family not in FAMILY_NAMES or not path:
+        forms = ", ".join(f + ":PATH" for f in FAMILY_NAMES)
+        raise ConfigError(f"unknown model {spec!r}; Wan2.1 models are {forms}", value=spec)
+    if family == "wan":
+        if base is not None and Path(base) != Path(path):
+            raise ConfigError("wan:DIR is its own base: give no --base, or the same DIR")
+        return WanSpec(family, None, Path(path), Path(lora) if lora else None)
+    if base is None:
+        raise ConfigError(
+            f"{family}:CKPT needs --base DIR: the Wan2.1 base whose VAE and text encoder it uses",
+            value=spec,
+        )
+    return WanSpec(family, Path(path), Path(base), Path(lora) if lora else None)
+
+
+def _fill(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Fill a meta-built module from `state`: every key present and of its shape, or a
+    CheckpointError naming the first ones that are not (nothing is loaded then)."""
+    check_fits(state, module, source)
+    module.load_state_dict(state, strict=True, assign=True)
+
+
+def _denoiser(spec: WanSpec, base: BaseDir):
+    """(state in Wan's names, DiTConfig, description), the LoRA merged."""
+    source = spec.checkpoint or base.transformer
+    state, description = read_denoiser(source)
+    # heads show in no shape: the checkpoint's config.json, else its base's
+    heads = heads_from_config(source) or heads_from_config(base.transformer)
+    if spec.lora is not None:
+        if not spec.lora.is_file():
+            raise CheckpointError(f"LoRA file not found: {spec.lora}", value=str(spec.lora))
+        state = merge_lora(state, spec.lora)
+        description += f", LoRA {spec.lora.name} merged"
+    return state, dit_config_from_state(state, heads), description
+
+
+def _build_dit(cfg, state, source: str) -> WanModel:
+    with torch.device("meta"):
+        dit = WanModel(cfg)
+    _fill(dit, state, source)
+    dit.rope = Rope3D(cfg.dim // cfg.num_heads)  # not in the checkpoint: rebuilt on the host
+    return dit
+
+
+def _build_vae(config: dict, state, source: str) -> WanVAE:
+    from diffusers import AutoencoderKLWan
+
+    with torch.device("meta"):
+        vae = AutoencoderKLWan.from_config(config)
+    _fill(vae, state, source)
+    return WanVAE(vae.eval())
+
+
+def _build_text(config: dict, state, tokenizer_dir: Path, source: str) -> UMT5TextEncoder:
+    from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    except Exception as exc:  # transformers raises OSError, ValueError, ...
+        raise CheckpointError(f"cannot read the tokenizer in {tokenizer_dir}: {exc}") from exc
+    with torch.device("meta"):
+        encoder = UMT5EncoderModel(UMT5Config(**config))
+    if "encoder.embed_tokens.weight" not in state and "shared.weight" in state:
+        state = {**state, "encoder.embed_tokens.weight": state["shared.weight"]}
+    _fill(encoder, state, source)
+    encoder.tie_weights()
+    return UMT5TextEncoder(encoder.eval(), tokenizer)
+
+
+def load_named(
+    spec: str,
+    base: str | None,
+    lora: str | None,
+    size: str | None,
+    dtype: torch.dtype,
+    builtin,
+) -> VideoModel:
+    """The model `--model SPEC [--base DIR] [--lora LORA] [--size WxH]` names: a Wan2.1
+    family (FAMILY:PATH), or one of endless's own, made by `builtin(spec)` (tiny,
+    random:PRESET, a checkpoint path) and then set to `size`."""
+    wxh = parse_size(size) if size else None
+    if is_wan_spec(spec):
+        return load_wan(parse_spec(spec, base, lora), wxh, dtype)
+    if base is not None or lora is not None:
+        raise ConfigError(
+            f"--base and --lora go with a Wan2.1 model (self-forcing:CKPT, ...), not {spec!r}",
+            value=spec,
+        )
+    model = builtin(spec)
+    return model.with_size(*wxh) if wxh else model
+
+
+def load_wan(
+    spec: WanSpec,
+    size: tuple[int, int] | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
+) -> VideoModel:
+    """The VideoModel `spec` names, at `size` (width, height; default the family's), its
+    denoiser and VAE in `dtype`, everything on `device`."""
+    from model.wan.presets import FAMILIES
+
+    family = FAMILIES[spec.family]
+    base = find_base(spec.base)
+    state, dit_cfg, description = _denoiser(spec, base)
+    vae_cfg, vae_state = vae_parts(base)
+    text_cfg, text_state = text_parts(base)
+    stream = family.stream
+    width, height = size or (stream.width, stream.height)
+    step = 8 * max(dit_cfg.patch_size[1:])
+    if width <= 0 or height <= 0 or width % step or height % step:
+        raise ConfigError(
+            f"unsupported size {width}x{height}: width and height must be positive multiples "
+            f"of {step} (the VAE's stride 8 x the patch size)",
+            value=f"{width}x{height}",
+        )
+    check_memory(family, dit_cfg, dtype, height, width, [vae_state, text_state], device)
+    dit = _build_dit(dit_cfg, state, description)
+    vae = _build_vae(vae_cfg, vae_state, str(base.vae))
+    text = _build_text(text_cfg, text_state, base.tokenizer, str(base.text_encoder))
+    config = ModelConfig(
+        name=spec.family,
+        vae=VAEConfig(z_dim=vae.z_dim, time_stride=vae.time_stride, space_stride=vae.space_stride),
+        dit=dit_cfg,
+        text=TextConfig(dim=text.text_dim),
+        sampler=family.sampler,
+        stream=replace(stream, width=width, height=height),
+    )
+    model = VideoModel(config, dtype, dit=dit, vae=vae, text=text)
+    model.requires_grad_(False)
+    model.to(device)
+    model.set_dtype(dtype)
+    text.encoder.to(dtype)
+    log.info(
+        "loaded %s (%s) on the %s base at %s", spec.family, description, base.layout, base.path
+    )
+    model.description = f"{description}; {base.layout}-layout base {base.path}"
+    return model
