@@ -39,6 +39,18 @@ from server.protocol import field, request_error
 from server.worker import ChunkReady, GenerationWorker, OpenStream, StreamFailed, StreamOpened
 
 log = logging.getLogger(__name__)
+
+
+class _NoWireDumps(logging.Filter):
+    """websockets logs request lines and every frame at DEBUG: they carry stream tokens
+    and API keys, which are never logged. Its other records pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.DEBUG
+
+
+wire_log = logging.getLogger(__name__ + ".websockets")
+wire_log.addFilter(_NoWireDumps())
 DEFAULT_PROMPT = "a big red circle bouncing over the ocean"
 VERSION = "0.1.0"
 
@@ -176,6 +188,7 @@ class LiveServer:
             cfg.host,
             cfg.port,
             process_request=self._http,
+            logger=wire_log,
             max_size=cfg.hard_message_bytes,
             ping_interval=20,
             ping_timeout=20,
@@ -592,6 +605,7 @@ class LiveServer:
         """The streams this connection presented a token for; every one for an API key."""
         if self.config.api_keys and "key" in msg:
             self._check_key(conn, msg)
+        conn.presented = {i: r for i, r in conn.presented.items() if i in self.streams}
         shown = [
             {**s.snapshot(), "role": conn.presented.get(s.id)}
             for s in self.streams.values()
