@@ -416,7 +416,8 @@ class LiveServer:
         """The role the request's token gives on `stream` (unauthorized / forbidden when
         less than it needs); the connection has presented that stream from then on."""
         try:
-            role = auth.require(stream, msg.get("token"), auth.NEEDS[msg["type"]])
+            need = auth.NEEDS.get(msg["type"], "control")  # a request not listed: control
+            role = auth.require(stream, msg.get("token"), need)
         except ProtocolError as err:
             if err.code == "forbidden":
                 conn.presented.setdefault(stream.id, "view")
