@@ -41,6 +41,18 @@ from server.protocol import field, request_error
 from server.worker import ChunkReady, GenerationWorker, OpenStream, StreamFailed, StreamOpened
 
 log = logging.getLogger(__name__)
+
+
+class _NoWireDumps(logging.Filter):
+    """websockets logs request lines and every frame at DEBUG: they carry stream tokens
+    and API keys, which are never logged. Its other records pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.DEBUG
+
+
+wire_log = logging.getLogger(__name__ + ".websockets")
+wire_log.addFilter(_NoWireDumps())
 DEFAULT_PROMPT = "a big red circle bouncing over the ocean"
 VERSION = "0.1.0"
 
@@ -201,6 +213,7 @@ class LiveServer:
             cfg.host,
             cfg.port,
             process_request=self._http,
+            logger=wire_log,
             max_size=cfg.hard_message_bytes,
             ping_interval=20,
             ping_timeout=20,
@@ -429,7 +442,8 @@ class LiveServer:
         """The role the request's token gives on `stream` (unauthorized / forbidden when
         less than it needs); the connection has presented that stream from then on."""
         try:
-            role = auth.require(stream, msg.get("token"), auth.NEEDS[msg["type"]])
+            need = auth.NEEDS.get(msg["type"], "control")  # a request not listed: control
+            role = auth.require(stream, msg.get("token"), need)
         except ProtocolError as err:
             if err.code == "forbidden":
                 conn.presented.setdefault(stream.id, "view")
@@ -619,6 +633,7 @@ class LiveServer:
         """The streams this connection presented a token for; every one for an API key."""
         if self.config.api_keys and "key" in msg:
             self._check_key(conn, msg)
+        conn.presented = {i: r for i, r in conn.presented.items() if i in self.streams}
         shown = [
             {**s.snapshot(), "role": conn.presented.get(s.id)}
             for s in self.streams.values()

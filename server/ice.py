@@ -43,7 +43,9 @@ def restrict_gathering(pc: RTCPeerConnection, addresses: Sequence[str] | None) -
     wanted = list(addresses)
     for transceiver in pc.getTransceivers():
         connection = transceiver.sender.transport.transport.iceGatherer._connection
-        gather = connection.get_component_candidates
+        gather = getattr(connection, "get_component_candidates", None)
+        if gather is None:  # an aioice without it: refuse rather than offer every address
+            raise RuntimeError("this aioice cannot restrict its host candidates")
 
         async def ours(component: int, addresses: list[str], timeout: int = 5, _gather=gather):
             return await _gather(component=component, addresses=wanted, timeout=timeout)

@@ -229,11 +229,16 @@ class LiveStream:
             on_drop=self.metrics.frames_dropped.labels("slow_viewer").inc,
         )
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        try:
+        try:  # the server's own setup: a failure here is a bug, not a bad offer
             transceiver = pc.addTransceiver(track, direction="sendonly")
             restrict_gathering(pc, self.server.ice_addresses)
             adopt(transceiver.sender)
             transceiver.setCodecPreferences(codec_preferences(codec or self.config.codec_mime))
+        except Exception:
+            track.stop()
+            await pc.close()
+            raise
+        try:
             await pc.setRemoteDescription(RTCSessionDescription(strip_mdns(sdp), "offer"))
             if transceiver.mid is None:
                 raise ValueError("the offer has no video section to answer")

@@ -60,6 +60,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="streams this server runs at once (default %(default)s)",
     )
     p.add_argument(
+        "--max-streams-per-key",
+        type=int,
+        default=d.max_streams_per_key,
+        help="streams one API key (with no key: one connection) runs at once (default %(default)s)",
+    )
+    p.add_argument(
         "--grace",
         type=float,
         default=d.grace_seconds,
@@ -119,6 +125,7 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         keyframe_seconds=args.keyframe_seconds,
         ahead_chunks=args.ahead,
         max_streams=args.max_streams,
+        max_streams_per_key=args.max_streams_per_key,
         grace_seconds=args.grace,
         torch_threads=args.threads,
         dtype=args.dtype,

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import re
 import secrets
+import urllib.request
 
 import pytest
 from aiortc import RTCPeerConnection
@@ -180,7 +181,8 @@ async def test_a_stopped_streams_tokens_are_not_replayable(live_server, session)
 
 async def test_tokens_are_unguessable_distinct_and_never_logged(live_server, session, caplog):
     """Each stream gets two different 256-bit URL-safe tokens; with every logger at DEBUG,
-    creating, steering, refusing and listing never writes a token into a log line."""
+    creating, steering, refusing, listing and a page request with a share link's token
+    never write a token into a log line (websockets' wire dumps included)."""
     caplog.set_level(logging.DEBUG)
     server = await live_server()
     s = await session(server.ws_url)
@@ -194,6 +196,9 @@ async def test_tokens_are_unguessable_distinct_and_never_logged(live_server, ses
         with pytest.raises(ServerError):
             await s.request({"type": "pause", "stream": stream, "token": bad})
     await s.streams()
+    await s.request({"token": made[2]["view_token"], "type": "stats", "stream": made[2]["stream"]})
+    page = f"{server.url}?stream={stream}&view={made[0]['view_token']}"
+    await asyncio.to_thread(lambda: urllib.request.urlopen(page, timeout=5).read())
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert logged and not any(t in logged for t in tokens)
 

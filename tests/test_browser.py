@@ -232,3 +232,20 @@ async def test_the_page_reconnects_and_rejoins_its_stream_after_the_connection_d
     )
     assert await page.evaluate("window.endless.stream") == stream
     assert list(server.streams) == [stream] and len(server.streams[stream].viewers) == 1
+
+
+async def test_on_a_keyed_server_the_page_creates_with_key_in_its_url_and_drops_it(
+    live_server, page
+):
+    """On a server with an API key, / says the key is needed and starts nothing, while
+    /?key=KEY creates and plays a stream and leaves no key in the address bar."""
+    server = await live_server(api_keys=("the-key",))
+    ms = timeout(20) * 1000
+    await page.goto(server.url)
+    await page.wait_for_function(
+        "document.getElementById('message').textContent.includes('API key')", timeout=ms
+    )
+    assert not server.streams
+    await page.goto(server.url + "?key=the-key")
+    await page.wait_for_function("document.getElementById('video').currentTime > 0.5", timeout=ms)
+    assert len(server.streams) == 1 and "the-key" not in page.url

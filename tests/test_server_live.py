@@ -145,7 +145,8 @@ async def test_two_viewers_of_one_stream_get_the_same_frames_from_one_encode(
     (encoder,) = live.encoders.values()  # one (stream, codec) encoder
     assert encoder.subscribers == {v.track for v in live.viewers.values()}
     ticks = live.playout.tick
-    assert calls["n"] == encoder.encodes <= ticks
+    # the encoder thread may be inside one encode (counted in calls, not yet in encodes)
+    assert calls["n"] - encoder.encodes in (0, 1) and encoder.encodes <= ticks
     assert len(v1.frames) + len(v2.frames) > encoder.encodes  # fan-out, not re-encoding
     by_tick = {v1.tick_of(f): f.image for f in v1.frames}
     common = [(by_tick[v2.tick_of(f)], f.image) for f in v2.frames if v2.tick_of(f) in by_tick]
@@ -170,8 +171,9 @@ async def test_vp8_and_h264_viewers_get_one_encode_per_codec(live_server, sessio
     await v264.wait_frames(30, timeout(15))
     live = server.streams[stream]
     assert sorted(live.encoders) == ["video/H264", "video/VP8"]
-    assert calls["h264"] == live.encoders["video/H264"].encodes <= live.playout.tick
-    assert calls["vp8"] == live.encoders["video/VP8"].encodes <= live.playout.tick
+    for codec, mime in (("h264", "video/H264"), ("vp8", "video/VP8")):
+        encodes = live.encoders[mime].encodes  # one encode may be in flight (not counted yet)
+        assert calls[codec] - encodes in (0, 1) and encodes <= live.playout.tick
 
 
 async def test_a_viewer_disconnecting_leaves_the_stream_and_other_viewers_running(

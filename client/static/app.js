@@ -172,7 +172,14 @@ async function start() {
   }
   if (!stream) {
     const prompt = params.get("prompt") || app.hello.default_prompt;
-    const created = await request({ type: "create", prompt, seed: 0 });
+    const key = params.get("key") || sessionStorage.getItem("endless.key");
+    if (app.hello.key_required && !key) {
+      setStatus("not playing", "down");
+      showMessage("This server needs its API key to start a stream: open /?key=KEY.", "error");
+      return;
+    }
+    if (key) sessionStorage.setItem("endless.key", key); // the address bar drops it below
+    const created = await request({ type: "create", prompt, seed: 0, ...(key ? { key } : {}) });
     stream = created.stream;
     app.fps = created.fps;
     setRole(stream, created.control_token, "control", created.view_token);
