@@ -12,6 +12,7 @@ import uvloop
 from model.precision import add_dtype_option
 from model.sampler import add_sampling_options, sampling_changes
 from server.config import CODECS, ServerConfig
+from server.provenance.options import add_provenance_options
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -63,6 +64,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     add_dtype_option(p, default=d.dtype)
     add_sampling_options(p)  # for every stream
+    add_provenance_options(p)
     p.add_argument("--log-level", default="INFO")
 
 
@@ -79,6 +81,12 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         grace_seconds=args.grace,
         torch_threads=args.threads,
         dtype=args.dtype,
+        watermark=args.watermark,
+        server_name=args.server_name,
+        prompt_policy=args.prompt_policy,
+        c2pa_key=args.c2pa_key,
+        c2pa_cert=args.c2pa_cert,
+        state_dir=args.state_dir,
         **sampling_changes(args),
     )
 
