@@ -38,6 +38,8 @@ from server.ice import offered_addresses
 from server.live import LiveStream
 from server.metrics import Metrics
 from server.protocol import field, request_error
+from server.provenance.marking import StreamMarker
+from server.provenance.policy import PromptPolicy, PromptRefused
 from server.worker import ChunkReady, GenerationWorker, OpenStream, StreamFailed, StreamOpened
 
 log = logging.getLogger(__name__)
@@ -176,6 +178,11 @@ class LiveServer:
         self._ws_server = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.ready = asyncio.Event()
+        cfg = self.config
+        self.policy = PromptPolicy.load(cfg.prompt_policy) if cfg.prompt_policy else None
+        self.marker = StreamMarker(cfg.server_name) if cfg.watermark else None
+        if self.marker is None:
+            log.warning("watermark OFF (--no-watermark): frames carry no provenance mark")
 
     # -- lifetime --------------------------------------------------------------------------
     async def start(self) -> LiveServer:
@@ -196,6 +203,7 @@ class LiveServer:
             cfg.result_queue,
             cfg.torch_threads,
             notify=self._notify,
+            mark=self.marker.mark if self.marker is not None else None,
         )
         self.encode_pool = ThreadPoolExecutor(1, thread_name_prefix="endless-encode")
         self.ice_addresses = await offered_addresses(cfg.host, cfg.ice_addresses)
@@ -415,6 +423,12 @@ class LiveServer:
                 f"{self.config.max_prompt_chars}",
                 value=len(text),
             )
+        if self.policy is not None:
+            try:
+                self.policy.check(text)
+            except PromptRefused:
+                self.metrics.prompts_refused.inc()
+                raise
         self.model.text.encode_strict(text)  # PromptError / UnknownWordsError
         return text
 

@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("server.serve_cmd", "run the live server (WebRTC + websockets)"),
     "watch": ("client.watch", "watch a live stream, send prompts, record to MP4"),
     "evaluate": ("model.tinyworld.evaluate", "score a video against its prompt timeline"),
+    "verify": ("server.verify_cmd", "find endless's watermark and C2PA manifest in a video"),
 }
 
 

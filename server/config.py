@@ -67,6 +67,13 @@ class ServerConfig:
     context_noise: float | None = None  # the model's unless given
     motion_guidance: float | None = None  # extra guidance toward the prompt's motion
     motion_guidance_from: float | None = None  # lowest noise level it applies at
+    # Provenance (docs/provenance.md)
+    watermark: bool = True  # the invisible mark in every frame; off only with --no-watermark
+    server_name: str = ""  # carried (hashed) in the mark; "" = the host name
+    prompt_policy: str | None = None  # file of blocked words/patterns (--prompt-policy)
+    c2pa_key: str | None = None  # PEM key and chain that sign recordings' C2PA manifests;
+    c2pa_cert: str | None = None  # neither given: a development chain in state_dir
+    state_dir: str | None = None  # None: ~/.cache/endless
 
     def __post_init__(self) -> None:
         if self.codec not in CODECS:

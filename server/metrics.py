@@ -7,7 +7,16 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-STAGES = ("text", "plan", "recache", "denoise", "cache", "decode", "total")  # Stream.stats.ms
+STAGES = (
+    "text",
+    "plan",
+    "recache",
+    "denoise",
+    "cache",
+    "decode",
+    "mark",
+    "total",
+)  # Stream.stats.ms
 STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
 ENCODE_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064)
 
@@ -63,6 +72,9 @@ class Metrics:
             "endless_ws_messages", "Websocket requests received", ["type"], registry=r
         )
         self.errors = Counter("endless_errors", "Error replies sent", ["code"], registry=r)
+        self.prompts_refused = Counter(
+            "endless_prompts_refused", "Prompts refused by the prompt policy", registry=r
+        )
         self.queue_depth = Gauge(
             "endless_queue_depth", "Items waiting in a bounded queue", ["queue"], registry=r
         )

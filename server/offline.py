@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from memory.stream import Stream
@@ -92,11 +93,13 @@ def render_video(
     path: str | Path,
     seed: int = 0,
     on_progress: Callable[[RenderProgress], None] | None = None,
+    mark: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> RenderResult:
     """Generate `seconds` of video following `timeline` [(at_seconds, prompt)] into `path`.
 
     All prompts are validated before anything is generated; the file is written while
-    generating, so memory stays flat however long the video.
+    generating, so memory stays flat however long the video. `mark` (the watermark) gets
+    each chunk's frames before they are encoded.
     """
     check_duration(seconds)
     timeline = sorted(timeline)
@@ -119,6 +122,8 @@ def render_video(
                 stream.set_prompt(text)
             frames = stream.next_chunk()
             frames = frames[: total_frames - written]
+            if mark is not None:
+                frames = mark(frames)
             writer.write(frames)
             written += len(frames)
             if on_progress:

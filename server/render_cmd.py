@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import logging
 import os
+import secrets
 import sys
 from pathlib import Path
 
@@ -13,6 +16,12 @@ from model.sampler import add_sampling_options, use_sampling_options
 from model.storyboard import load_storyboard
 from model.wan.options import add_wan_options
 from server.offline import RenderProgress, check_duration, render_video, resolve_model
+from server.provenance.c2pa_sign import ManifestInfo, sign_mp4, signer_config
+from server.provenance.marking import StreamMarker
+from server.provenance.options import add_provenance_options
+from server.provenance.policy import PromptPolicy, PromptRefused
+
+log = logging.getLogger(__name__)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -44,6 +53,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     add_dtype_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_provenance_options(p)
+    p.add_argument("--no-c2pa", dest="c2pa", action="store_false", help="no C2PA manifest")
 
 
 def progress_bar(p: RenderProgress) -> None:
@@ -57,6 +68,7 @@ def progress_bar(p: RenderProgress) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING, format="endless render: %(levelname)s %(message)s")
     if (args.prompt is None) == (args.storyboard is None):
         raise RenderError("give either a PROMPT or --storyboard FILE (not both)")
     if args.storyboard is not None:
@@ -75,10 +87,25 @@ def run(args: argparse.Namespace) -> int:
         raise RenderError(f"output folder {out.parent} does not exist", value=str(out))
     if not os.access(out.parent, os.W_OK):
         raise RenderError(f"output folder {out.parent} is not writable", value=str(out))
+    if args.prompt_policy:
+        policy = PromptPolicy.load(args.prompt_policy)
+        for i, (_, text) in enumerate(timeline):
+            try:
+                policy.check(text)
+            except PromptRefused as err:
+                if args.storyboard is not None:
+                    err.message = f"storyboard item {i}: {err.message}"
+                raise
+    signer = signer_config(args.c2pa_key, args.c2pa_cert, args.state_dir) if args.c2pa else None
     model = resolve_model(args.model, args.threads, args.dtype, args.base, args.lora, args.size)
     use_sampling_options(model, args)
     for _, text in timeline:
         model.text.encode_strict(text)
+    started = dt.datetime.now(dt.UTC)
+    render_id = secrets.token_hex(4)
+    marker = StreamMarker(args.server_name) if args.watermark else None
+    if marker is None:
+        log.warning("watermark OFF (--no-watermark): %s will carry no provenance mark", out)
     result = render_video(
         model,
         timeline,
@@ -86,9 +113,19 @@ def run(args: argparse.Namespace) -> int:
         out,
         seed=args.seed,
         on_progress=None if args.quiet else progress_bar,
+        mark=None if marker is None else lambda frames: marker.mark(render_id, frames),
     )
     if not args.quiet:
         sys.stderr.write("\n")
+    extra = {"seed": args.seed, "prompts": [[at, text] for at, text in timeline]}
+    if marker is not None:
+        extra["watermark"] = marker.payload(render_id).as_dict()
+        print(f"watermark: {extra['watermark']}")
+    if signer is not None:
+        sign_mp4(out, ManifestInfo(args.model, started, extra=extra), signer)
+        print(
+            f"C2PA manifest signed by {signer.cert}" + (" (development key)" * signer.development)
+        )
     print(
         f"wrote {result.path} ({result.frames} frames, {result.video_seconds:.1f} s) in "
         f"{result.wall_seconds:.1f} s: realtime x{result.realtime_factor:.2f}"

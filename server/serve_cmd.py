@@ -15,6 +15,7 @@ from model.sampler import add_sampling_options, sampling_changes
 from model.wan.options import add_wan_options
 from server.auth import is_loopback
 from server.config import CODECS, ServerConfig
+from server.provenance.options import add_provenance_options
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -98,6 +99,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     add_dtype_option(p, default=d.dtype)
     add_sampling_options(p)  # for every stream
+    add_provenance_options(p)
     p.add_argument(
         "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)"
     )
@@ -129,6 +131,12 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         grace_seconds=args.grace,
         torch_threads=args.threads,
         dtype=args.dtype,
+        watermark=args.watermark,
+        server_name=args.server_name,
+        prompt_policy=args.prompt_policy,
+        c2pa_key=args.c2pa_key,
+        c2pa_cert=args.c2pa_cert,
+        state_dir=args.state_dir,
         **sampling_changes(args),
     )
 

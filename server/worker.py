@@ -25,6 +25,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from memory.stream import Stream
@@ -117,6 +118,7 @@ class GenerationWorker:
         result_queue: int,
         torch_threads: int,
         notify: Callable[[], None],
+        mark: Callable[[str, np.ndarray], np.ndarray] | None = None,
     ):
         self.model = model
         self.ahead = ahead_chunks
@@ -124,6 +126,7 @@ class GenerationWorker:
         self.commands: queue.Queue = queue.Queue(maxsize=command_queue)
         self.results: queue.Queue[Result] = queue.Queue(maxsize=result_queue)
         self._notify = notify  # called (from the worker thread) after each result
+        self._mark = mark  # (stream id, frames) -> watermarked frames, before any encode
         self._lock = threading.Lock()
         self._progress: dict[str, int] = {}  # stream -> chunk being played (latest wins)
         self._closing: set[str] = set()  # at most one entry per stream, never rejected
@@ -296,6 +299,9 @@ class GenerationWorker:
                 self.abandoned += 1
                 return
             frames = stream.commit(plan, latents)
+            tm = time.perf_counter()
+            if self._mark is not None:
+                frames = self._mark(job.stream_id, frames)
             t3 = time.perf_counter()
             self.busy_seconds += t3 - t0
         except Exception as exc:
@@ -305,6 +311,8 @@ class GenerationWorker:
             return
         ms = dict(stream.stats.ms)  # the stages fill text/recache/cache/decode themselves
         ms.update(plan=(t1 - t0) * 1e3, denoise=(t2 - t1) * 1e3, total=(t3 - t0) * 1e3)
+        if self._mark is not None:
+            ms["mark"] = (t3 - tm) * 1e3
         self._put(ChunkReady(job.stream_id, Chunk(k, job.epoch, frames), ms, stream.cache.nbytes))
 
     def _fail(self, stream_id: str, exc: Exception) -> None:
