@@ -8,4 +8,4 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 PYTHONPATH=$PWD exec "$PY" ops/bench_gpu.py --device cuda --size 832x480 --dtype bf16 \
-    --family longlive --minutes 10 --deadline 480 --out bench_gpu.json "$@"
+    --family longlive --minutes 10 --deadline 480 --out "${OUT:-/tmp}/bench_gpu.json" "$@"

@@ -1,5 +1,6 @@
 """The published inference settings of each Wan2.1-based checkpoint family, as data, with
-the memory each needs so a loader can refuse before it loads anything.
+the memory each needs so a loader can refuse before it loads anything
+(model/wan/memory.py adds the VAE's and text encoder's weights and compares).
 
 Sources (settings as their inference configs publish them):
   self-forcing  Huang et al., "Self Forcing", arXiv 2506.08009; configs/self_forcing_dmd.yaml:
@@ -140,15 +141,6 @@ def denoiser_parameters(dit: DiTConfig) -> int:
         return sum(p.numel() for p in WanModel(dit).parameters())
 
 
-def check_memory(needed: int, available: int, what: str) -> None:
-    """Raise ConfigError saying how much is needed when `available` bytes are too few."""
-    if needed > available:
-        raise ConfigError(
-            f"{what} needs {needed / 2**30:.1f} GiB but {available / 2**30:.1f} GiB are free",
-            value=needed,
-        )
-
-
 WAN_13B = PRESETS["wan-1.3b"].dit
 
 FAMILIES: dict[str, WanFamily] = {
@@ -191,4 +183,4 @@ def family(name: str) -> WanFamily:
     return FAMILIES[name]
 
 
-__all__ = ["FAMILIES", "WanFamily", "check_memory", "check_size", "family"]
+__all__ = ["FAMILIES", "WanFamily", "check_size", "family"]
