@@ -121,11 +121,10 @@ def test_bad_files_and_sizes_exit_2_with_a_clear_error(files, tmp_path, capsys):
     assert "does not fit" in err
     wide = files["root"] / "wide.pt"
     state = torch.load(files["ckpt"], weights_only=True)
-    name = "model.blocks.0.ffn.0.weight"
-    state["generator_ema"][name] = torch.zeros(65, 32)
+    state["generator_ema"]["model.blocks.1.ffn.2.weight"] = torch.zeros(32, 63)
     torch.save(state, wide)
     err = refused(capsys, tmp_path, "--model", f"causvid:{wide}", "--base", base)
-    assert "blocks.0.ffn.0.weight" in err
+    assert "blocks.1.ffn.2.weight: checkpoint (32, 63) vs model (32, 64)" in err
     err = refused(capsys, tmp_path, "--model", ckpt, "--base", base, "--size", "60x32")
     assert "unsupported size 60x32" in err
 
