@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"model: {model.description}", file=sys.stderr)
     for _, text in timeline:
-        model.text.encode_strict(text)
+        model.text.check(text)
     result = render_video(
         model,
         timeline,

@@ -45,3 +45,17 @@ def test_playout_plays_a_9_frame_first_chunk_then_12s_and_switches_on_boundaries
     assert (frame, change.rewind_to) == (21, 2)
     frames, _ = p.set_storyboard([(2.0, "a bird")])  # frame 32: nearest boundary 33
     assert frames == [33]
+
+
+def test_the_evaluator_scores_chunks_as_the_vae_cut_them():
+    """33 frames are 3 whole chunks of 9 + 12 + 12 but only 2 of 12: the evaluator scores
+    the chunks it is told of, and reads rendered truth as its prompt either way."""
+    from model.tinyworld.evaluate import evaluate_frames
+    from model.tinyworld.render import render_clip
+
+    prompt = "a big red circle bouncing over the ocean"
+    frames = render_clip(prompt, 33 / 24, size=64, seed=1)
+    wan = evaluate_frames(frames, [(0.0, prompt)], chunk_frames=WAN)
+    tiny = evaluate_frames(frames, [(0.0, prompt)], chunk_frames=12)
+    assert (wan.chunks_scored, tiny.chunks_scored) == (3, 2)
+    assert wan.adherence["colour"] == tiny.adherence["colour"] == 1.0
