@@ -95,11 +95,12 @@ class ContextCache:
         return AttnContext(kv, angles)
 
     # -- writing -------------------------------------------------------------------------
-    def write(self, frames: list[int], latents: torch.Tensor, kvs) -> None:
-        """Store latents (1, z, F, h, w) and per-layer (k, v) (1, F*tokens, heads, hd)."""
+    def write(self, frames: list[int], latents: torch.Tensor, kvs, skip=frozenset()) -> None:
+        """Store latents (1, z, F, h, w) and per-layer (k, v) (1, F*tokens, heads, hd) of
+        `frames`, except those in `skip` (kept as they are)."""
         L = self.layout
         slots = [self.policy.slot_for(g) for g in frames]
-        keep = [(j, s) for j, s in enumerate(slots) if s is not None]
+        keep = [(j, s) for j, s in enumerate(slots) if s is not None and frames[j] not in skip]
         for j, s in keep:
             self.latents[s].copy_(latents[0, :, j])
         for i, (k, v) in enumerate(kvs):

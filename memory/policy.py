@@ -17,6 +17,10 @@ from dataclasses import dataclass
 class CachePolicy(ABC):
     slots: int  # number of latent-frame slots the cache must preallocate
 
+    def pinned(self, g: int) -> bool:
+        """Whether frame g is held for ever (an attention sink); none by default."""
+        return False
+
     @abstractmethod
     def slot_for(self, g: int) -> int | None:
         """Slot that stores frame g, or None if frame g is not kept."""
@@ -50,11 +54,11 @@ class SinkRollingWindow(CachePolicy):
         self.ring = self.window + self.margin
         self.slots = self.sink + self.ring
 
-    def _pinned(self, g: int) -> bool:
+    def pinned(self, g: int) -> bool:
         return self.sink_start <= g < self.sink_start + self.sink
 
     def slot_for(self, g: int) -> int | None:
-        if self._pinned(g):
+        if self.pinned(g):
             return g - self.sink_start
         # the unpinned frames, numbered without the sink's gap, take the ring in turn
         u = g if g < self.sink_start else g - self.sink

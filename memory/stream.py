@@ -380,7 +380,10 @@ class Stream:
         mask = block_causal_mask(groups, groups, tpf)
         latents = self.cache.context_latents()
         kvs = self._context_kv(latents, frames, prompt, torch.arange(len(frames)), None, mask)
-        self.cache.write(frames, latents, kvs)
+        kept = set()  # LongLive (recache_sink False) keeps the sink's keys/values as made
+        if not self.model.config.stream.recache_sink:
+            kept = set(filter(self.policy.pinned, frames))
+        self.cache.write(frames, latents, kvs, skip=kept)
         return True
 
 

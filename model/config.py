@@ -208,6 +208,9 @@ class StreamConfig:
     sink_latent_frames: int = 3  # first frames kept for ever (attention sink)
     window_latent_frames: int = 6  # most recent latent frames kept
     rewind_chunks: int = 4  # how many chunks back a stream can rewind
+    # A prompt switch re-caches the context under the new prompt (LongLive's KV re-cache);
+    # False keeps the sink's keys/values as they were made, as LongLive does
+    recache_sink: bool = True
 
 
 @dataclass(frozen=True)
