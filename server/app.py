@@ -372,7 +372,7 @@ class LiveServer:
                 f"{self.config.max_prompt_chars}",
                 value=len(text),
             )
-        self.model.text.encode_strict(text)  # PromptError / UnknownWordsError
+        self.model.text.check(text)  # PromptError / UnknownWordsError
         return text
 
     def _limit_prompts(self, conn: Connection) -> None:

@@ -70,8 +70,10 @@ def run(args: argparse.Namespace) -> int:
         raise RenderError(f"output folder {out.parent} is not writable", value=str(out))
     model = resolve_model(args.model, args.threads, args.dtype, args.base, args.lora, args.size)
     use_sampling_options(model, args)
+    if not args.quiet:
+        print(f"model: {model.description}", file=sys.stderr)
     for _, text in timeline:
-        model.text.encode_strict(text)
+        model.text.check(text)
     result = render_video(
         model,
         timeline,
