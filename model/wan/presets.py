@@ -43,7 +43,7 @@ def wan_stream(sink: int, window: int, recache_sink: bool = True) -> StreamConfi
         chunk_latent_frames=3,
         sink_latent_frames=sink,
         window_latent_frames=window,
-        rewind_chunks=2,  # 6 latent frames of margin: a full-size frame is 287 MB in bf16
+        rewind_chunks=3,  # the live server plays 2 chunks behind; a full-size frame is 287 MB
         recache_sink=recache_sink,
     )
 
