@@ -88,18 +88,22 @@ class WanFamily:
         return (kv + slots * dit.in_dim * lh * lw) * dtype_size(dtype)
 
     def work_bytes(self, dit: DiTConfig, dtype: torch.dtype, height: int, width: int) -> int:
-        """Working memory of one chunk step (an estimate): the gathered context's keys and
-        values (all layers), and one layer's activations for the chunk's tokens, CFG's
-        second pass included when the family guides."""
+        """Working memory of one chunk (an estimate): the gathered context's keys and values
+        (all layers), and the larger of a denoise step (one layer's activations for the
+        chunk's tokens, CFG's second pass included when the family guides) and a switch's
+        re-cache (one layer's activations for the context's tokens, and its block-causal
+        mask: booleans, and the additive mask attention makes of them)."""
         s = self.stream
+        el = dtype_size(dtype)
         tokens = tokens_per_frame(dit, height, width)
-        context = s.sink_latent_frames + s.window_latent_frames
-        gathered = 2 * dit.num_layers * context * tokens * dit.dim
+        context = (s.sink_latent_frames + s.window_latent_frames) * tokens
+        gathered = 2 * dit.num_layers * context * dit.dim * el
         batch = 1 if self.sampler.guidance == 1.0 else 2
-        keys = (context + s.chunk_latent_frames) * tokens
         chunk = s.chunk_latent_frames * tokens
-        layer = batch * (chunk * (dit.ffn_dim + 8 * dit.dim) + 2 * keys * dit.dim)
-        return (gathered + layer) * dtype_size(dtype)
+        per_token = (dit.ffn_dim + 8 * dit.dim) * el
+        step = batch * (chunk * per_token + 2 * (context + chunk) * dit.dim * el)
+        recache = context * per_token + context * context * (1 + el)
+        return gathered + max(step, recache)
 
     def memory_bytes(self, dit: DiTConfig, dtype: torch.dtype, height: int, width: int) -> int:
         """Bytes the denoiser needs on its device for one stream at (height, width):
