@@ -48,6 +48,7 @@ class VideoModel(torch.nn.Module):
         self.vae = vae if vae is not None else CausalVAE(config.vae)
         self.text = text if text is not None else TinyWorldTextEncoder(config.text)
         self.dtype = dtype  # compute dtype of the denoiser and decoder
+        self.description = config.name  # what was loaded, in words (loaders say more)
         self.requires_grad_(False)
         self.eval()
         self.dit.to(dtype)

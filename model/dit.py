@@ -355,6 +355,10 @@ class WanModel(nn.Module):
               added to the tokens, so each token sees where the scene just was at its own
               place, sub-token shifts included (a bounce moves a third of a token a frame).
         """
+        dev = x.device  # the inputs a caller builds on the host follow x to its device
+        sigma, context, positions = sigma.to(dev), context.to(dev), positions.to(dev)
+        if isinstance(mask, torch.Tensor):
+            mask = mask.to(dev)
         grid = self.grid(x)
         frames = grid[0]
         tokens = self.patchify(x)  # (B, N, dim)

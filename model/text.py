@@ -50,6 +50,11 @@ class TextEncoder(ABC, nn.Module):
             raise UnknownWordsError(enc.unknown, value=text)
         return enc
 
+    def check(self, text: str) -> None:
+        """Raise PromptError / UnknownWordsError if `text` cannot be used, as cheaply as
+        the encoder can tell (the server checks prompts on its event loop)."""
+        self.encode_strict(text)
+
     @abstractmethod
     def null(self) -> torch.Tensor:
         """Tokens of the empty prompt (text_len, text_dim), for classifier-free guidance."""

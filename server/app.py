@@ -429,7 +429,7 @@ class LiveServer:
             except PromptRefused:
                 self.metrics.prompts_refused.inc()
                 raise
-        self.model.text.encode_strict(text)  # PromptError / UnknownWordsError
+        self.model.text.check(text)  # PromptError / UnknownWordsError
         return text
 
     def _limit_prompts(self, conn: Connection) -> None:

@@ -109,7 +109,7 @@ def render_video(
     per_chunk = stream.frames  # frames per chunk, as the model's VAE decodes them
     switches = [(chunk_at(at, stream.fps, per_chunk), text) for at, text in timeline[1:]]
     for _, text in switches:  # validate every prompt up front
-        model.text.encode_strict(text)
+        model.text.check(text)
     total_frames = round(seconds * stream.fps)
     chunks = per_chunk.chunks_for(total_frames)
     pending = sorted(switches)

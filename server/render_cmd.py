@@ -99,8 +99,10 @@ def run(args: argparse.Namespace) -> int:
     signer = signer_config(args.c2pa_key, args.c2pa_cert, args.state_dir) if args.c2pa else None
     model = resolve_model(args.model, args.threads, args.dtype, args.base, args.lora, args.size)
     use_sampling_options(model, args)
+    if not args.quiet:
+        print(f"model: {model.description}", file=sys.stderr)
     for _, text in timeline:
-        model.text.encode_strict(text)
+        model.text.check(text)
     started = dt.datetime.now(dt.UTC)
     render_id = secrets.token_hex(4)
     marker = StreamMarker(args.server_name) if args.watermark else None

@@ -7,9 +7,18 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import timeout
-from wan_tiny import write_checkpoint, write_diffusers_base, write_lora, write_original_base
+from wan_tiny import (
+    tiny_tokenizer,
+    tiny_umt5,
+    write_checkpoint,
+    write_diffusers_base,
+    write_lora,
+    write_original_base,
+)
 
 from model.wan.base_dir import find_base
+from model.wan.text import UMT5TextEncoder
+from server.app import prompt_kind
 from server.cli import main
 from server.video_file import read_frames
 
@@ -121,11 +130,10 @@ def test_bad_files_and_sizes_exit_2_with_a_clear_error(files, tmp_path, capsys):
     assert "does not fit" in err
     wide = files["root"] / "wide.pt"
     state = torch.load(files["ckpt"], weights_only=True)
-    name = "model.blocks.0.ffn.0.weight"
-    state["generator_ema"][name] = torch.zeros(65, 32)
+    state["generator_ema"]["model.blocks.1.ffn.2.weight"] = torch.zeros(32, 63)
     torch.save(state, wide)
     err = refused(capsys, tmp_path, "--model", f"causvid:{wide}", "--base", base)
-    assert "blocks.0.ffn.0.weight" in err
+    assert "blocks.1.ffn.2.weight: checkpoint (32, 63) vs model (32, 64)" in err
     err = refused(capsys, tmp_path, "--model", ckpt, "--base", base, "--size", "60x32")
     assert "unsupported size 60x32" in err
 
@@ -173,3 +181,12 @@ async def test_serve_longlive_streams_to_a_viewer_and_switches_free_text(files, 
         assert applied["type"] == "prompt_applied" and (frame - 9) % 12 == 0
         await viewer.wait_index(frame + 2, timeout(60))
         await viewer.close()
+
+
+def test_hello_says_which_prompts_the_model_takes(tiny_model):
+    """The tiny model announces TinyWorld prompts with its vocabulary; a model whose text
+    encoder takes free text announces that, without a vocabulary."""
+    tiny = prompt_kind(tiny_model)
+    assert tiny["prompts"] == "tinyworld" and "red" in tiny["vocabulary"]["colour"]
+    free = UMT5TextEncoder(tiny_umt5(), tiny_tokenizer())
+    assert prompt_kind(type("M", (), {"text": free})()) == {"prompts": "free-text"}

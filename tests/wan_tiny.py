@@ -11,12 +11,15 @@ WORDS = (
 ).split()
 
 
-def tiny_vae(seed: int = 0, z_dim: int = 4):
+def tiny_vae(seed: int = 0, z_dim: int = 4, wan_stats: bool = False):
     """A diffusers AutoencoderKLWan with Wan2.1's layout (4 levels, 2 res blocks, mid
-    attention) at base_dim 8, random weights from `seed`, non-trivial latent stats."""
+    attention) at base_dim 8, random weights from `seed`; latent stats random, or
+    Wan2.1's published ones (diffusers' defaults, z_dim 16) with `wan_stats`."""
     from diffusers import AutoencoderKLWan
 
     torch.manual_seed(seed)
+    if wan_stats:
+        return AutoencoderKLWan(base_dim=8, z_dim=z_dim).eval()
     g = torch.Generator().manual_seed(seed + 1)
     mean = (torch.randn(z_dim, generator=g) * 0.5).tolist()
     std = (torch.rand(z_dim, generator=g) + 0.5).tolist()
@@ -87,7 +90,7 @@ def tiny_parts(seed: int = 0):
     """(transformer, vae, text encoder, tokenizer) of one tiny random Wan2.1 base."""
     return (
         tiny_transformer(seed),
-        tiny_vae(seed, z_dim=Z_DIM),
+        tiny_vae(seed, z_dim=Z_DIM, wan_stats=True),
         tiny_umt5(seed, d_model=TEXT_DIM),
         tiny_tokenizer(),
     )

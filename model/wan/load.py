@@ -194,5 +194,5 @@ def load_wan(
     log.info(
         "loaded %s (%s) on the %s base at %s", spec.family, description, base.layout, base.path
     )
-    model.description = f"{description}; {base.layout}-layout base {base.path}"
+    model.description = f"{spec.family}: {description}; {base.layout}-layout base {base.path}"
     return model

@@ -64,6 +64,9 @@ class UMT5TextEncoder(TextEncoder):
     def encode(self, text: str) -> EncodedPrompt:
         return EncodedPrompt(text, self.encode_batch([text])[0], ())
 
+    def check(self, text: str) -> None:
+        """Any text is a prompt (it is cut at 512 tokens): nothing to encode to tell."""
+
     def null(self) -> torch.Tensor:
         """The empty prompt's tokens (its end token only), for classifier-free guidance."""
         if self._null is None:
