@@ -377,7 +377,7 @@ class Stream:
             return False
         groups = self.policy.chunk_groups(frames, self.chunk_frames)
         tpf = self.cache.layout.tokens_per_frame
-        mask = block_causal_mask(groups, groups, tpf)
+        mask = block_causal_mask(groups, groups, tpf, self.cache.layout.device)
         latents = self.cache.context_latents()
         kvs = self._context_kv(latents, frames, prompt, torch.arange(len(frames)), None, mask)
         kept = set()  # LongLive (recache_sink False) keeps the sink's keys/values as made

@@ -17,6 +17,7 @@ import mimetypes
 import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -195,7 +196,18 @@ class LiveServer:
         self.model.with_sampler(**cfg.sampler_changes())
         rewind = self.model.config.stream.rewind_chunks
         if cfg.ahead_chunks + 1 > rewind:
-            raise request_error("bad_config", f"ahead_chunks must be below {rewind}")
+            if rewind < 2:
+                raise request_error("bad_config", f"ahead_chunks must be below {rewind}")
+            # a switch rewinds up to ahead + 1 chunks: generate no further ahead than the
+            # model's streams can rewind (Wan presets keep 2 chunks: full-size ones are big)
+            log.warning(
+                "%s streams rewind %d chunks: generating %d ahead, not %d",
+                self.model.config.name,
+                rewind,
+                rewind - 1,
+                cfg.ahead_chunks,
+            )
+            self.config = cfg = replace(cfg, ahead_chunks=rewind - 1)
         self.worker = GenerationWorker(
             self.model,
             cfg.ahead_chunks,
