@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from model.bundle import VideoModel, parse_size
+from model.bundle import VideoModel, check_size, parse_size
 from model.config import ModelConfig, TextConfig, VAEConfig
 from model.dit import Rope3D, WanModel
 from model.errors import CheckpointError, ConfigError
@@ -32,11 +32,12 @@ from model.wan.checkpoints import (
     read_denoiser,
 )
 from model.wan.memory import check_memory
+from model.wan.presets import FAMILIES, SPACE_STRIDE
 from model.wan.text import UMT5TextEncoder
 from model.wan.vae import WanVAE
 
 log = logging.getLogger(__name__)
-FAMILY_NAMES = ("wan", "self-forcing", "causvid", "longlive")
+FAMILY_NAMES = tuple(FAMILIES)  # wan, self-forcing, causvid, longlive
 
 
 @dataclass(frozen=True)
@@ -158,8 +159,6 @@ def load_wan(
 ) -> VideoModel:
     """The VideoModel `spec` names, at `size` (width, height; default the family's), its
     denoiser and VAE in `dtype`, everything on `device`."""
-    from model.wan.presets import FAMILIES
-
     family = FAMILIES[spec.family]
     base = find_base(spec.base)
     state, dit_cfg, description = _denoiser(spec, base)
@@ -167,13 +166,7 @@ def load_wan(
     text_cfg, text_state = text_parts(base)
     stream = family.stream
     width, height = size or (stream.width, stream.height)
-    step = 8 * max(dit_cfg.patch_size[1:])
-    if width <= 0 or height <= 0 or width % step or height % step:
-        raise ConfigError(
-            f"unsupported size {width}x{height}: width and height must be positive multiples "
-            f"of {step} (the VAE's stride 8 x the patch size)",
-            value=f"{width}x{height}",
-        )
+    check_size(width, height, SPACE_STRIDE * max(dit_cfg.patch_size[1:]))
     check_memory(family, dit_cfg, dtype, height, width, [vae_state, text_state], device)
     dit = _build_dit(dit_cfg, state, description)
     vae = _build_vae(vae_cfg, vae_state, str(base.vae))
