@@ -190,3 +190,15 @@ def test_hello_says_which_prompts_the_model_takes(tiny_model):
     assert tiny["prompts"] == "tinyworld" and "red" in tiny["vocabulary"]["colour"]
     free = UMT5TextEncoder(tiny_umt5(), tiny_tokenizer())
     assert prompt_kind(type("M", (), {"text": free})()) == {"prompts": "free-text"}
+
+
+def test_serve_refuses_a_model_that_does_not_load_and_exits_2(files, capsys):
+    """`endless serve` with a checkpoint form but no --base, or a base lacking its parts,
+    exits 2 with the loader's error and serves nothing."""
+    ckpt = f"longlive:{files['ckpt']}"
+    assert main(["serve", "--model", ckpt, "--port", "0"]) == 2
+    assert "needs --base DIR" in capsys.readouterr().err
+    assert main(["serve", "--model", ckpt, "--base", str(files["root"]), "--port", "0"]) == 2
+    assert "is not a Wan2.1 base" in capsys.readouterr().err
+    assert main(["serve", "--model", "tiny", "--size", "100x100", "--port", "0"]) == 2
+    assert "unsupported size 100x100" in capsys.readouterr().err
