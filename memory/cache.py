@@ -29,6 +29,7 @@ class CacheLayout:
     latent_h: int
     latent_w: int
     dtype: torch.dtype
+    device: torch.device = torch.device("cpu")  # where the storage lives: the denoiser's
 
     @classmethod
     def for_model(cls, dit: WanModel, z_dim: int, latent_h: int, latent_w: int, dtype):
@@ -42,6 +43,7 @@ class CacheLayout:
             latent_h,
             latent_w,
             dtype,
+            dit.patch_embedding.weight.device,
         )
 
 
@@ -53,9 +55,10 @@ class ContextCache:
         self.policy = policy
         n, L = policy.slots, layout
         kv_shape = (L.num_layers, n, L.tokens_per_frame, L.num_heads, L.head_dim)
-        self.k = torch.zeros(kv_shape, dtype=L.dtype)
-        self.v = torch.zeros(kv_shape, dtype=L.dtype)
-        self.latents = torch.zeros((n, L.z_dim, L.latent_h, L.latent_w), dtype=L.dtype)
+        self.k = torch.zeros(kv_shape, dtype=L.dtype, device=L.device)
+        self.v = torch.zeros(kv_shape, dtype=L.dtype, device=L.device)
+        shape = (n, L.z_dim, L.latent_h, L.latent_w)
+        self.latents = torch.zeros(shape, dtype=L.dtype, device=L.device)
         self.head = 0  # global index of the next latent frame to be written
         self.prompt_key: object = None  # identity of the prompt the keys/values were made under
 
@@ -81,7 +84,7 @@ class ContextCache:
         frames = self.context_frames()
         if not frames:
             return None
-        slots = torch.tensor([self.policy.slot_for(g) for g in frames])
+        slots = torch.tensor([self.policy.slot_for(g) for g in frames], device=self.k.device)
         L = self.layout
         n_tok = len(frames) * L.tokens_per_frame
         kv = [
@@ -91,7 +94,8 @@ class ContextCache:
             )
             for i in range(L.num_layers)
         ]
-        angles = model.frame_angles(torch.arange(len(frames)), L.latent_h, L.latent_w)
+        positions = torch.arange(len(frames), device=self.k.device)
+        angles = model.frame_angles(positions, L.latent_h, L.latent_w)
         return AttnContext(kv, angles)
 
     # -- writing -------------------------------------------------------------------------

@@ -234,7 +234,7 @@ class Stream:
             self.cache.prompt_key = prompt
         self.stats.ms["recache"] = (time.perf_counter() - t0) * 1e3
         shape = (1, self.z_dim, self.chunk_frames, self.latent_h, self.latent_w)
-        noise = chunk_noise(self.seed, k, shape, self.model.dtype)
+        noise = chunk_noise(self.seed, k, shape, self.model.dtype).to(self.cache.layout.device)
         ctx = self.cache.attn_context(self.model.dit)
         prev = chunk_prev(self._latents_before(), self.chunk_frames)
         return ChunkPlan(k, prompt, ctx, len(self.cache.context_frames()), noise, prev)
@@ -251,7 +251,7 @@ class Stream:
         context = self.cache.context_frames()
         if any(f not in context for f in frames):  # a stream's first chunk
             shape = (1, self.z_dim, p, self.latent_h, self.latent_w)
-            return torch.zeros(shape, dtype=self.model.dtype)
+            return torch.zeros(shape, dtype=self.model.dtype, device=self.cache.layout.device)
         latents = self.cache.context_latents()[:, :, [context.index(f) for f in frames]]
         return self._as_context(latents, frames)
 
@@ -377,7 +377,7 @@ class Stream:
             return False
         groups = self.policy.chunk_groups(frames, self.chunk_frames)
         tpf = self.cache.layout.tokens_per_frame
-        mask = block_causal_mask(groups, groups, tpf)
+        mask = block_causal_mask(groups, groups, tpf, self.cache.layout.device)
         latents = self.cache.context_latents()
         kvs = self._context_kv(latents, frames, prompt, torch.arange(len(frames)), None, mask)
         kept = set()  # LongLive (recache_sink False) keeps the sink's keys/values as made

@@ -355,6 +355,10 @@ class WanModel(nn.Module):
               added to the tokens, so each token sees where the scene just was at its own
               place, sub-token shifts included (a bounce moves a third of a token a frame).
         """
+        dev = x.device  # the inputs a caller builds on the host follow x to its device
+        sigma, context, positions = sigma.to(dev), context.to(dev), positions.to(dev)
+        if isinstance(mask, torch.Tensor):
+            mask = mask.to(dev)
         grid = self.grid(x)
         frames = grid[0]
         tokens = self.patchify(x)  # (B, N, dim)
@@ -404,12 +408,13 @@ def prev_of_chunks(x: torch.Tensor, chunk: int, p: int) -> torch.Tensor:
 
 
 def block_causal_mask(
-    q_chunks: list[int], k_chunks: list[int], tokens_per_frame: int
+    q_chunks: list[int], k_chunks: list[int], tokens_per_frame: int, device=None
 ) -> torch.Tensor:
-    """Boolean (Nq, Nk) mask: a token of chunk c may attend to keys of chunks <= c.
+    """Boolean (Nq, Nk) mask on `device`: a token of chunk c may attend to keys of chunks
+    <= c (built where it is used: at full size it is hundreds of MB).
 
     q_chunks / k_chunks give the chunk id of each query / key latent frame.
     """
-    q = torch.tensor(q_chunks).repeat_interleave(tokens_per_frame)
-    k = torch.tensor(k_chunks).repeat_interleave(tokens_per_frame)
+    q = torch.tensor(q_chunks, device=device).repeat_interleave(tokens_per_frame)
+    k = torch.tensor(k_chunks, device=device).repeat_interleave(tokens_per_frame)
     return k[None, :] <= q[:, None]

@@ -234,4 +234,4 @@ def frames_to_tensor(frames) -> torch.Tensor:
 def tensor_to_frames(x: torch.Tensor):
     """float (1, 3, T, H, W) in [-1, 1] -> uint8 numpy (T, H, W, 3)."""
     y = ((x[0].float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
-    return y.permute(1, 2, 3, 0).contiguous().numpy()
+    return y.permute(1, 2, 3, 0).contiguous().cpu().numpy()

@@ -3,9 +3,14 @@ optimizer moments and step, in preference to the weights it was first initialise
 
 from __future__ import annotations
 
+import math
+
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from model.bundle import VideoModel
+from model.checkpoint import head_rows
 from model.training.run_dir import RunDir
 from model.training.step import update_ema
 
@@ -53,3 +58,34 @@ def test_the_ema_follows_the_model_at_its_rate_and_copies_buffers():
     for e0, e1, m in zip(before, ema.parameters(), model.parameters(), strict=True):
         assert torch.allclose(e1, 0.9 * e0 + 0.1 * m, atol=1e-6)
     assert torch.equal(ema.vae.latent_std, model.vae.latent_std)
+
+
+def test_a_run_saved_before_format_2_resumes_with_its_head_moments_reordered(tmp_path):
+    """A run dir whose files are format 1 (head rows in the old order) resumes with the head's
+    rows and their Adam moments both in Wan's order, every other moment as saved."""
+    model = VideoModel.from_seed(0, "micro")
+    opt = trained_a_step(model)
+    run = RunDir(tmp_path / "run")
+    run.save(model, run.resume(model, opt), opt, 3)
+    dit = model.config.dit
+    c, p = dit.out_dim, math.prod(dit.patch_size)
+    for path in (run.state, run.ema):  # rewrite both as format 1: rows in the old order
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() | {"format_version": "1"}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        old = {k: head_rows(v, p, c) if "head.head" in k else v for k, v in tensors.items()}
+        save_file(old, str(path), metadata=meta)
+    state = opt.state_dict()
+    params = list(model.dit.parameters())
+    weight = next(i for i, q in enumerate(params) if q is model.dit.head.head.weight)
+    old_moment = state["state"][weight]["exp_avg"].clone()
+    state["state"][weight]["exp_avg"] = head_rows(old_moment, p, c)
+    torch.save(state, run.opt)
+
+    model2 = VideoModel.from_seed(2, "micro")
+    assert RunDir(tmp_path / "run").load_model(model2, None, vae="unused") == 3
+    opt2 = torch.optim.AdamW(model2.dit.parameters(), lr=1e-2)
+    RunDir(tmp_path / "run").resume(model2, opt2)
+    assert torch.equal(model2.dit.head.head.weight, model.dit.head.head.weight)
+    assert torch.equal(opt2.state[model2.dit.head.head.weight]["exp_avg"], old_moment)
+    assert not torch.equal(head_rows(old_moment, p, c), old_moment)  # the reorder moves rows

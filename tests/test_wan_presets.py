@@ -15,7 +15,7 @@ from model.bundle import VideoModel
 from model.config import PRESETS
 from model.dit import WanModel
 from model.errors import ConfigError
-from model.wan.presets import FAMILIES, check_memory, check_size, family
+from model.wan.presets import FAMILIES, check_size, family
 
 torch.set_num_threads(1)
 
@@ -67,8 +67,8 @@ def test_memory_counts_what_the_stream_allocates():
 
 def test_full_size_memory_and_refusals():
     """Wan-1.3B in bf16 at 832x480: 1.3-1.5 B parameters (2.5-2.9 GiB), a LongLive cache
-    under Self-Forcing's (its window is shorter); too little memory and odd sizes are
-    refused saying what is needed."""
+    under Self-Forcing's (its window is shorter), 9-12 GiB in all for LongLive; sizes that
+    are not multiples of 16 are refused."""
     sf, ll = FAMILIES["self-forcing"], FAMILIES["longlive"]
     dit = sf.dit
     assert 2.5 * 2**30 < sf.weight_bytes(dit, torch.bfloat16) < 2.9 * 2**30
@@ -76,9 +76,7 @@ def test_full_size_memory_and_refusals():
         dit, torch.bfloat16, 480, 832
     )
     need = ll.memory_bytes(dit, torch.bfloat16, 480, 832)
-    with pytest.raises(ConfigError, match=r"needs \d+\.\d GiB but 8\.0 GiB are free"):
-        check_memory(need, 8 * 2**30, "longlive at 832x480")
-    check_memory(need, need, "longlive")
+    assert 9 * 2**30 < need < 12 * 2**30
     check_size(dit, 480, 832)
     with pytest.raises(ConfigError, match="multiple of 16x16"):
         check_size(dit, 480, 830)

@@ -6,12 +6,14 @@ velocity probe, probe.pt (its head: a training aid, never part of a model file).
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 
 from model.bundle import VideoModel
-from model.checkpoint import load_strict, read_checkpoint, save_checkpoint
+from model.checkpoint import head_rows, load_strict, read_checkpoint, save_checkpoint
 
 
 class RunDir:
@@ -57,6 +59,8 @@ class RunDir:
         if self.state.exists():
             if self.opt.exists():
                 opt.load_state_dict(torch.load(self.opt, map_location=self._device(model)))
+                if self._format() == "1":
+                    upgrade_head_moments(opt, model)
             if self.ema.exists():
                 _, tensors, _ = read_checkpoint(self.ema)
                 load_strict(ema, tensors, str(self.ema))
@@ -71,6 +75,22 @@ class RunDir:
         if probe is not None:
             torch.save(probe.state_dict(), self.probe)
 
+    def _format(self) -> str | None:
+        with safe_open(str(self.state), framework="pt") as f:
+            return (f.metadata() or {}).get("format_version")
+
     @staticmethod
     def _device(model: VideoModel) -> torch.device:
         return next(model.parameters()).device
+
+
+def upgrade_head_moments(opt: torch.optim.Optimizer, model: VideoModel) -> None:
+    """Reorder the optimizer's moments of the head's rows as reading a format-1 file
+    reorders the rows themselves (model/checkpoint.py), so a run saved before format 2
+    resumes with each moment on its own row."""
+    dit = model.config.dit
+    c, p = dit.out_dim, math.prod(dit.patch_size)
+    for param in (model.dit.head.head.weight, model.dit.head.head.bias):
+        for name, value in opt.state.get(param, {}).items():
+            if isinstance(value, torch.Tensor) and value.shape == param.shape:
+                opt.state[param][name] = head_rows(value, c, p)

@@ -1,5 +1,6 @@
 """The published inference settings of each Wan2.1-based checkpoint family, as data, with
-the memory each needs so a loader can refuse before it loads anything.
+the memory each needs so a loader can refuse before it loads anything
+(model/wan/memory.py adds the VAE's and text encoder's weights and compares).
 
 Sources (settings as their inference configs publish them):
   self-forcing  Huang et al., "Self Forcing", arXiv 2506.08009; configs/self_forcing_dmd.yaml:
@@ -42,7 +43,7 @@ def wan_stream(sink: int, window: int, recache_sink: bool = True) -> StreamConfi
         chunk_latent_frames=3,
         sink_latent_frames=sink,
         window_latent_frames=window,
-        rewind_chunks=2,  # 6 latent frames of margin: a full-size frame is 287 MB in bf16
+        rewind_chunks=3,  # the live server plays 2 chunks behind; a full-size frame is 287 MB
         recache_sink=recache_sink,
     )
 
@@ -87,18 +88,22 @@ class WanFamily:
         return (kv + slots * dit.in_dim * lh * lw) * dtype_size(dtype)
 
     def work_bytes(self, dit: DiTConfig, dtype: torch.dtype, height: int, width: int) -> int:
-        """Working memory of one chunk step (an estimate): the gathered context's keys and
-        values (all layers), and one layer's activations for the chunk's tokens, CFG's
-        second pass included when the family guides."""
+        """Working memory of one chunk (an estimate): the gathered context's keys and values
+        (all layers), and the larger of a denoise step (one layer's activations for the
+        chunk's tokens, CFG's second pass included when the family guides) and a switch's
+        re-cache (one layer's activations for the context's tokens, and its block-causal
+        mask: booleans, and the additive mask attention makes of them)."""
         s = self.stream
+        el = dtype_size(dtype)
         tokens = tokens_per_frame(dit, height, width)
-        context = s.sink_latent_frames + s.window_latent_frames
-        gathered = 2 * dit.num_layers * context * tokens * dit.dim
+        context = (s.sink_latent_frames + s.window_latent_frames) * tokens
+        gathered = 2 * dit.num_layers * context * dit.dim * el
         batch = 1 if self.sampler.guidance == 1.0 else 2
-        keys = (context + s.chunk_latent_frames) * tokens
         chunk = s.chunk_latent_frames * tokens
-        layer = batch * (chunk * (dit.ffn_dim + 8 * dit.dim) + 2 * keys * dit.dim)
-        return (gathered + layer) * dtype_size(dtype)
+        per_token = (dit.ffn_dim + 8 * dit.dim) * el
+        step = batch * (chunk * per_token + 2 * (context + chunk) * dit.dim * el)
+        recache = context * per_token + context * context * (1 + el)
+        return gathered + max(step, recache)
 
     def memory_bytes(self, dit: DiTConfig, dtype: torch.dtype, height: int, width: int) -> int:
         """Bytes the denoiser needs on its device for one stream at (height, width):
@@ -138,15 +143,6 @@ def denoiser_parameters(dit: DiTConfig) -> int:
     """Parameters of a WanModel with `dit`, counted without allocating any."""
     with torch.device("meta"):
         return sum(p.numel() for p in WanModel(dit).parameters())
-
-
-def check_memory(needed: int, available: int, what: str) -> None:
-    """Raise ConfigError saying how much is needed when `available` bytes are too few."""
-    if needed > available:
-        raise ConfigError(
-            f"{what} needs {needed / 2**30:.1f} GiB but {available / 2**30:.1f} GiB are free",
-            value=needed,
-        )
 
 
 WAN_13B = PRESETS["wan-1.3b"].dit
@@ -191,4 +187,4 @@ def family(name: str) -> WanFamily:
     return FAMILIES[name]
 
 
-__all__ = ["FAMILIES", "WanFamily", "check_memory", "check_size", "family"]
+__all__ = ["FAMILIES", "WanFamily", "check_size", "family"]
