@@ -68,7 +68,9 @@ def run(args: argparse.Namespace) -> int:
         raise RenderError(f"output folder {out.parent} does not exist", value=str(out))
     if not os.access(out.parent, os.W_OK):
         raise RenderError(f"output folder {out.parent} is not writable", value=str(out))
-    model = resolve_model(args.model, args.threads, args.dtype, args.base, args.lora, args.size)
+    model = resolve_model(
+        args.model, args.threads, args.dtype, args.base, args.lora, args.size, args.device
+    )
     use_sampling_options(model, args)
     if not args.quiet:
         print(f"model: {model.description}", file=sys.stderr)

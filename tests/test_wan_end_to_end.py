@@ -109,8 +109,9 @@ def refused(capsys, tmp_path, *args) -> str:
 
 def test_bad_files_and_sizes_exit_2_with_a_clear_error(files, tmp_path, capsys):
     """A missing base, a base without its VAE, a checkpoint without --base, a LoRA that
-    does not fit, a checkpoint whose shapes do not fit, and a size off the 16-pixel grid
-    each exit 2 with an error naming the problem, before anything is written."""
+    does not fit, a checkpoint whose shapes do not fit, a size off the 16-pixel grid and
+    a GPU that is not there each exit 2 with an error naming the problem, before anything
+    is written."""
     base = str(files["original"])
     ckpt = f"self-forcing:{files['ckpt']}"
     assert "base directory not found" in refused(capsys, tmp_path, "--model", "wan:/nope")
@@ -136,6 +137,9 @@ def test_bad_files_and_sizes_exit_2_with_a_clear_error(files, tmp_path, capsys):
     assert "blocks.1.ffn.2.weight: checkpoint (32, 63) vs model (32, 64)" in err
     err = refused(capsys, tmp_path, "--model", ckpt, "--base", base, "--size", "60x32")
     assert "unsupported size 60x32" in err
+    if not torch.cuda.is_available():
+        err = refused(capsys, tmp_path, "--model", ckpt, "--base", base, "--device", "cuda")
+        assert "there is no CUDA GPU here" in err
 
 
 def test_not_enough_memory_is_refused_before_loading(files, tmp_path, capsys, monkeypatch):

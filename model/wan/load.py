@@ -23,6 +23,7 @@ from model.bundle import VideoModel, check_size, parse_size
 from model.config import ModelConfig, TextConfig, VAEConfig
 from model.dit import Rope3D, WanModel
 from model.errors import CheckpointError, ConfigError
+from model.precision import resolve_dtype
 from model.wan.base_dir import BaseDir, find_base, text_parts, vae_parts
 from model.wan.checkpoints import (
     check_fits,
@@ -133,22 +134,40 @@ def load_named(
     base: str | None,
     lora: str | None,
     size: str | None,
-    dtype: torch.dtype,
+    dtype: str,
     builtin,
+    device: str = "auto",
 ) -> VideoModel:
-    """The model `--model SPEC [--base DIR] [--lora LORA] [--size WxH]` names: a Wan2.1
-    family (FAMILY:PATH), or one of endless's own, made by `builtin(spec)` (tiny,
-    random:PRESET, a checkpoint path) and then set to `size`."""
+    """The model `--model SPEC [--base DIR] [--lora LORA] [--size WxH] [--dtype D]
+    [--device DEV]` names: a Wan2.1 family (FAMILY:PATH) on `device` ("auto": a CUDA GPU
+    when there is one), or one of endless's own, made on the host by `builtin(spec,
+    compute_dtype)` (tiny, random:PRESET, a checkpoint path) and then set to `size`."""
     wxh = parse_size(size) if size else None
     if is_wan_spec(spec):
-        return load_wan(parse_spec(spec, base, lora), wxh, dtype)
+        dev = pick_device(device)
+        return load_wan(parse_spec(spec, base, lora), wxh, resolve_dtype(dtype, dev), dev)
     if base is not None or lora is not None:
         raise ConfigError(
             f"--base and --lora go with a Wan2.1 model (self-forcing:CKPT, ...), not {spec!r}",
             value=spec,
         )
-    model = builtin(spec)
+    if device not in ("auto", "cpu"):
+        raise ConfigError(f"--device {device} goes with a Wan2.1 model, not {spec!r}", device)
+    model = builtin(spec, resolve_dtype(dtype))
     return model.with_size(*wxh) if wxh else model
+
+
+def pick_device(name: str) -> str:
+    """ "auto": "cuda" when a CUDA GPU is there, else "cpu"; other names as given, checked."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"unknown device {name!r}: {exc}", value=name) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name} asked for, but there is no CUDA GPU here", name)
+    return name
 
 
 def load_wan(
