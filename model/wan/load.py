@@ -35,7 +35,7 @@ from model.wan.checkpoints import (
 from model.wan.memory import check_memory
 from model.wan.presets import FAMILIES, SPACE_STRIDE
 from model.wan.text import UMT5TextEncoder
-from model.wan.vae import WanVAE
+from model.wan.vae import WanVAE, decoder_state_bytes
 
 log = logging.getLogger(__name__)
 FAMILY_NAMES = tuple(FAMILIES)  # wan, self-forcing, causvid, longlive
@@ -186,7 +186,10 @@ def load_wan(
     stream = family.stream
     width, height = size or (stream.width, stream.height)
     check_size(width, height, SPACE_STRIDE * max(dit_cfg.patch_size[1:]))
-    check_memory(family, dit_cfg, dtype, height, width, [vae_state, text_state], device)
+    states = (stream.rewind_chunks + 2) * decoder_state_bytes(
+        vae_cfg, height, width, dtype, stream.chunk_latent_frames
+    )
+    check_memory(family, dit_cfg, dtype, height, width, [vae_state, text_state], device, states)
     dit = _build_dit(dit_cfg, state, description)
     vae = _build_vae(vae_cfg, vae_state, str(base.vae))
     text = _build_text(text_cfg, text_state, base.tokenizer, str(base.text_encoder))
