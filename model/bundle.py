@@ -28,6 +28,17 @@ def parse_size(text: str) -> tuple[int, int]:
     return int(w), int(h)
 
 
+def check_size(width: int, height: int, step: int) -> None:
+    """ConfigError unless width and height are positive multiples of `step` pixels (the
+    VAE's stride times the DiT's patch)."""
+    if width <= 0 or height <= 0 or width % step or height % step:
+        raise ConfigError(
+            f"unsupported size {width}x{height}: width and height must be positive "
+            f"multiples of {step} (the VAE's stride x the patch size) for this model",
+            value=f"{width}x{height}",
+        )
+
+
 class VideoModel(torch.nn.Module):
     """Everything a stream needs to generate; read-only while streams run.
 
@@ -94,13 +105,7 @@ class VideoModel(torch.nn.Module):
         """Generate `width` x `height` frames in streams made after this call; both must be
         positive multiples of the VAE's stride times the DiT's patch (16 for Wan and
         TinyWorld). Raises ConfigError otherwise."""
-        step = self.vae.space_stride * max(self.config.dit.patch_size[1:])
-        if width <= 0 or height <= 0 or width % step or height % step:
-            raise ConfigError(
-                f"unsupported size {width}x{height}: width and height must be positive "
-                f"multiples of {step} (the VAE's stride x the patch size) for this model",
-                value=f"{width}x{height}",
-            )
+        check_size(width, height, self.vae.space_stride * max(self.config.dit.patch_size[1:]))
         stream = replace(self.config.stream, width=width, height=height)
         self.config = replace(self.config, stream=stream)
         return self

@@ -30,7 +30,7 @@ from websockets.http11 import Request, Response
 from memory.stream import chunk_frames_of
 from model.bundle import DEFAULT_WEIGHTS, VideoModel
 from model.errors import EndlessError, PromptError, ProtocolError
-from model.precision import dtype_name, resolve_dtype
+from model.precision import dtype_name
 from model.tinyworld.spec import FILLER, VOCAB
 from model.wan.load import load_named
 from server import auth, protocol
@@ -66,13 +66,14 @@ def load_model(
     base: str | None = None,
     lora: str | None = None,
     size: str | None = None,
+    device: str = "auto",
 ) -> VideoModel:
     """ "tiny": the shipped weights (random init if they are absent), "random[:preset]":
     random init, FAMILY:PATH: a Wan2.1 model on `base` with `lora` (docs/models.md),
     anything else: a checkpoint path; at `size` ("WxH"), in the compute dtype `dtype` names."""
-    compute = resolve_dtype(dtype)
-    log.info("model %s in %s", spec, dtype_name(compute))
-    return load_named(spec, base, lora, size, compute, lambda s: _builtin(s, compute))
+    model = load_named(spec, base, lora, size, dtype, _builtin, device)
+    log.info("model %s in %s: %s", spec, dtype_name(model.dtype), model.description)
+    return model
 
 
 def _builtin(spec: str, compute) -> VideoModel:
@@ -191,7 +192,7 @@ class LiveServer:
         self._loop = loop = asyncio.get_running_loop()
         if self.model is None:
             self.model = await loop.run_in_executor(
-                None, load_model, cfg.model, cfg.dtype, cfg.base, cfg.lora, cfg.size
+                None, load_model, cfg.model, cfg.dtype, cfg.base, cfg.lora, cfg.size, cfg.device
             )
         self.model.with_sampler(**cfg.sampler_changes())
         rewind = self.model.config.stream.rewind_chunks

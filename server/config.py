@@ -22,6 +22,7 @@ class ServerConfig:
     base: str | None = None  # --base DIR
     lora: str | None = None  # --lora LORA
     size: str | None = None  # --size WxH (None: the model's)
+    device: str = "auto"  # where a Wan2.1 model runs ("auto": a CUDA GPU if there is one)
     codec: str = "vp8"  # preferred codec when a viewer offers several ("vp8" | "h264")
     bitrate: int = 500_000  # target bits/s of each encode (aiortc clamps to its codec's range)
     keyframe_seconds: float = 2.0  # a keyframe at least this often (and at each prompt switch)

@@ -14,7 +14,6 @@ import torch
 from memory.stream import Stream
 from model.bundle import VideoModel
 from model.errors import ConfigError, RenderError
-from model.precision import resolve_dtype
 from model.storyboard import chunk_at
 from model.wan.load import load_named
 from server.video_file import Mp4Writer
@@ -50,6 +49,7 @@ def resolve_model(
     base: str | None = None,
     lora: str | None = None,
     size: str | None = None,
+    device: str = "auto",
 ) -> VideoModel:
     """'tiny' (shipped weights), 'random:PRESET' (random init), a checkpoint path, or a
     Wan2.1 model (FAMILY:PATH with `base` and `lora`, docs/models.md), at `size` ("WxH";
@@ -57,8 +57,7 @@ def resolve_model(
     "fp32"; see `resolve_dtype`)."""
     if threads:
         torch.set_num_threads(threads)
-    compute = resolve_dtype(dtype)
-    return load_named(spec, base, lora, size, compute, lambda s: _builtin(s, compute))
+    return load_named(spec, base, lora, size, dtype, _builtin, device)
 
 
 def _builtin(spec: str, compute: torch.dtype) -> VideoModel:

@@ -97,7 +97,9 @@ def run(args: argparse.Namespace) -> int:
                     err.message = f"storyboard item {i}: {err.message}"
                 raise
     signer = signer_config(args.c2pa_key, args.c2pa_cert, args.state_dir) if args.c2pa else None
-    model = resolve_model(args.model, args.threads, args.dtype, args.base, args.lora, args.size)
+    model = resolve_model(
+        args.model, args.threads, args.dtype, args.base, args.lora, args.size, args.device
+    )
     use_sampling_options(model, args)
     if not args.quiet:
         print(f"model: {model.description}", file=sys.stderr)

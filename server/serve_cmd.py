@@ -122,6 +122,7 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         base=args.base,
         lora=args.lora,
         size=args.size,
+        device=args.device,
         codec=args.codec,
         bitrate=args.bitrate,
         keyframe_seconds=args.keyframe_seconds,

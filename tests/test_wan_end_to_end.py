@@ -114,8 +114,9 @@ def refused(capsys, tmp_path, *args) -> str:
 
 def test_bad_files_and_sizes_exit_2_with_a_clear_error(files, tmp_path, capsys):
     """A missing base, a base without its VAE, a checkpoint without --base, a LoRA that
-    does not fit, a checkpoint whose shapes do not fit, and a size off the 16-pixel grid
-    each exit 2 with an error naming the problem, before anything is written."""
+    does not fit, a checkpoint whose shapes do not fit, a size off the 16-pixel grid and
+    a GPU that is not there each exit 2 with an error naming the problem, before anything
+    is written."""
     base = str(files["original"])
     ckpt = f"self-forcing:{files['ckpt']}"
     assert "base directory not found" in refused(capsys, tmp_path, "--model", "wan:/nope")
@@ -141,6 +142,9 @@ def test_bad_files_and_sizes_exit_2_with_a_clear_error(files, tmp_path, capsys):
     assert "blocks.1.ffn.2.weight: checkpoint (32, 63) vs model (32, 64)" in err
     err = refused(capsys, tmp_path, "--model", ckpt, "--base", base, "--size", "60x32")
     assert "unsupported size 60x32" in err
+    if not torch.cuda.is_available():
+        err = refused(capsys, tmp_path, "--model", ckpt, "--base", base, "--device", "cuda")
+        assert "there is no CUDA GPU here" in err
 
 
 def test_not_enough_memory_is_refused_before_loading(files, tmp_path, capsys, monkeypatch):
@@ -195,3 +199,15 @@ def test_hello_says_which_prompts_the_model_takes(tiny_model):
     assert tiny["prompts"] == "tinyworld" and "red" in tiny["vocabulary"]["colour"]
     free = UMT5TextEncoder(tiny_umt5(), tiny_tokenizer())
     assert prompt_kind(type("M", (), {"text": free})()) == {"prompts": "free-text"}
+
+
+def test_serve_refuses_a_model_that_does_not_load_and_exits_2(files, capsys):
+    """`endless serve` with a checkpoint form but no --base, or a base lacking its parts,
+    exits 2 with the loader's error and serves nothing."""
+    ckpt = f"longlive:{files['ckpt']}"
+    assert main(["serve", "--model", ckpt, "--port", "0"]) == 2
+    assert "needs --base DIR" in capsys.readouterr().err
+    assert main(["serve", "--model", ckpt, "--base", str(files["root"]), "--port", "0"]) == 2
+    assert "is not a Wan2.1 base" in capsys.readouterr().err
+    assert main(["serve", "--model", "tiny", "--size", "100x100", "--port", "0"]) == 2
+    assert "unsupported size 100x100" in capsys.readouterr().err

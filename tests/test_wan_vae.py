@@ -7,7 +7,7 @@ import torch
 from wan_tiny import tiny_vae
 
 from model.chunk_frames import ChunkFrames
-from model.wan.vae import WanVAE
+from model.wan.vae import WanVAE, decoder_state_bytes
 
 
 @pytest.fixture(scope="module")
@@ -88,3 +88,12 @@ def test_chunked_encode_equals_diffusers_encode(vae):
     torch.testing.assert_close(z * vae.latent_std + vae.latent_mean, ref, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="whole latent frames"):
         vae.encode(x[:, :, :8])
+
+
+@torch.no_grad()
+def test_decoder_state_bytes_are_measured_without_decoding(vae):
+    """The meta-device estimate of a decoder state's size equals a real state's bytes."""
+    _, state = vae.decode(latents(3))
+    _, state = vae.decode(latents(3, seed=4), state)
+    real = sum(t.numel() * t.element_size() for t in state if t is not None)
+    assert decoder_state_bytes(dict(vae.vae.config), 32, 64, torch.float32) == real > 0

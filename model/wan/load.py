@@ -19,10 +19,11 @@ from pathlib import Path
 
 import torch
 
-from model.bundle import VideoModel, parse_size
+from model.bundle import VideoModel, check_size, parse_size
 from model.config import ModelConfig, TextConfig, VAEConfig
 from model.dit import Rope3D, WanModel
 from model.errors import CheckpointError, ConfigError
+from model.precision import resolve_dtype
 from model.wan.base_dir import BaseDir, find_base, text_parts, vae_parts
 from model.wan.checkpoints import (
     check_fits,
@@ -32,11 +33,12 @@ from model.wan.checkpoints import (
     read_denoiser,
 )
 from model.wan.memory import check_memory
+from model.wan.presets import FAMILIES, SPACE_STRIDE
 from model.wan.text import UMT5TextEncoder
-from model.wan.vae import WanVAE
+from model.wan.vae import WanVAE, decoder_state_bytes
 
 log = logging.getLogger(__name__)
-FAMILY_NAMES = ("wan", "self-forcing", "causvid", "longlive")
+FAMILY_NAMES = tuple(FAMILIES)  # wan, self-forcing, causvid, longlive
 
 
 @dataclass(frozen=True)
@@ -132,22 +134,40 @@ def load_named(
     base: str | None,
     lora: str | None,
     size: str | None,
-    dtype: torch.dtype,
+    dtype: str,
     builtin,
+    device: str = "auto",
 ) -> VideoModel:
-    """The model `--model SPEC [--base DIR] [--lora LORA] [--size WxH]` names: a Wan2.1
-    family (FAMILY:PATH), or one of endless's own, made by `builtin(spec)` (tiny,
-    random:PRESET, a checkpoint path) and then set to `size`."""
+    """The model `--model SPEC [--base DIR] [--lora LORA] [--size WxH] [--dtype D]
+    [--device DEV]` names: a Wan2.1 family (FAMILY:PATH) on `device` ("auto": a CUDA GPU
+    when there is one), or one of endless's own, made on the host by `builtin(spec,
+    compute_dtype)` (tiny, random:PRESET, a checkpoint path) and then set to `size`."""
     wxh = parse_size(size) if size else None
     if is_wan_spec(spec):
-        return load_wan(parse_spec(spec, base, lora), wxh, dtype)
+        dev = pick_device(device)
+        return load_wan(parse_spec(spec, base, lora), wxh, resolve_dtype(dtype, dev), dev)
     if base is not None or lora is not None:
         raise ConfigError(
             f"--base and --lora go with a Wan2.1 model (self-forcing:CKPT, ...), not {spec!r}",
             value=spec,
         )
-    model = builtin(spec)
+    if device not in ("auto", "cpu"):
+        raise ConfigError(f"--device {device} goes with a Wan2.1 model, not {spec!r}", device)
+    model = builtin(spec, resolve_dtype(dtype))
     return model.with_size(*wxh) if wxh else model
+
+
+def pick_device(name: str) -> str:
+    """ "auto": "cuda" when a CUDA GPU is there, else "cpu"; other names as given, checked."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"unknown device {name!r}: {exc}", value=name) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name} asked for, but there is no CUDA GPU here", name)
+    return name
 
 
 def load_wan(
@@ -158,8 +178,6 @@ def load_wan(
 ) -> VideoModel:
     """The VideoModel `spec` names, at `size` (width, height; default the family's), its
     denoiser and VAE in `dtype`, everything on `device`."""
-    from model.wan.presets import FAMILIES
-
     family = FAMILIES[spec.family]
     base = find_base(spec.base)
     state, dit_cfg, description = _denoiser(spec, base)
@@ -167,14 +185,11 @@ def load_wan(
     text_cfg, text_state = text_parts(base)
     stream = family.stream
     width, height = size or (stream.width, stream.height)
-    step = 8 * max(dit_cfg.patch_size[1:])
-    if width <= 0 or height <= 0 or width % step or height % step:
-        raise ConfigError(
-            f"unsupported size {width}x{height}: width and height must be positive multiples "
-            f"of {step} (the VAE's stride 8 x the patch size)",
-            value=f"{width}x{height}",
-        )
-    check_memory(family, dit_cfg, dtype, height, width, [vae_state, text_state], device)
+    check_size(width, height, SPACE_STRIDE * max(dit_cfg.patch_size[1:]))
+    states = (stream.rewind_chunks + 2) * decoder_state_bytes(
+        vae_cfg, height, width, dtype, stream.chunk_latent_frames
+    )
+    check_memory(family, dit_cfg, dtype, height, width, [vae_state, text_state], device, states)
     dit = _build_dit(dit_cfg, state, description)
     vae = _build_vae(vae_cfg, vae_state, str(base.vae))
     text = _build_text(text_cfg, text_state, base.tokenizer, str(base.text_encoder))

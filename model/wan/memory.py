@@ -2,7 +2,9 @@
 
 Needed = the family preset's estimate for the denoiser at this size and dtype (weights,
 the preallocated sink + window cache, activations: `WanFamily.memory_bytes`) + the VAE's
-and the text encoder's weights in that dtype. Available = free memory on a CUDA device
+and the text encoder's weights in that dtype + the decoder states a stream keeps (one per
+chunk it can rewind to, and the one being made: Wan's VAE caches two frames of every
+causal conv's input, 1.76 GiB at 832x480 in bf16). Available = free memory on a CUDA device
 (`torch.cuda.mem_get_info`), or the host's MemAvailable for the CPU.
 """
 
@@ -47,10 +49,12 @@ def weight_bytes(states: list[dict[str, torch.Tensor]], dtype: torch.dtype) -> i
     return total
 
 
-def check_memory(family, dit_config, dtype, height, width, other_states, device: str) -> int:
+def check_memory(
+    family, dit_config, dtype, height, width, other_states, device: str, extra: int = 0
+) -> int:
     """Raise ConfigError, saying how much is needed and how much is free, unless `device`
-    can hold the model; returns the bytes needed."""
-    needed = int(family.memory_bytes(dit_config, dtype, height, width))
+    can hold the model (and `extra` bytes more); returns the bytes needed."""
+    needed = int(family.memory_bytes(dit_config, dtype, height, width)) + extra
     needed += weight_bytes(other_states, dtype)
     free = available_bytes(device)
     if needed > free:

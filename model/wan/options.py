@@ -6,7 +6,7 @@ import argparse
 
 
 def add_wan_options(p: argparse.ArgumentParser) -> None:
-    """`--base DIR`, `--lora LORA`, `--size WxH`."""
+    """`--base DIR`, `--lora LORA`, `--size WxH`, `--device DEV`."""
     p.add_argument(
         "--base",
         metavar="DIR",
@@ -18,4 +18,10 @@ def add_wan_options(p: argparse.ArgumentParser) -> None:
         "--size",
         metavar="WxH",
         help="frame size, e.g. 832x480: multiples of 16 (default: the model's; tiny 128x128)",
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="where a Wan2.1 model runs: auto (a CUDA GPU when there is one, else the CPU), "
+        "cpu, cuda, cuda:N (default %(default)s; the tiny model runs on the CPU)",
     )
