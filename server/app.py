@@ -1,9 +1,11 @@
 """LiveServer: one websocket endpoint (/ws) for control and signalling, plus plain HTTP
-(/ the browser viewer, /metrics, /healthz) answered from websockets' `process_request`.
+(/ the browser viewer, /metrics, /healthz) and the outputs (server/outputs.py), all on
+one port served by server/http_routes.py.
 
 Everything hangs off the LiveServer object: two servers can run in one process.
-Shutdown order: stop accepting, end streams (closing peers), close websockets, stop the
-model worker (with a timeout), drop what is left in the encoder thread.
+Shutdown order: stop accepting, end streams (closing peers), close websockets, finish
+recordings and pushes, stop the model worker (with a timeout), drop what is left in the
+encoder thread.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from websockets.asyncio.server import ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
@@ -32,8 +34,10 @@ from model.precision import dtype_name, resolve_dtype
 from model.tinyworld.spec import FILLER, VOCAB
 from server import protocol
 from server.config import CODECS, ServerConfig
+from server.http_routes import HttpFront
 from server.live import LiveStream
 from server.metrics import Metrics
+from server.outputs import Outputs
 from server.protocol import field, request_error
 from server.worker import ChunkReady, GenerationWorker, OpenStream, StreamFailed, StreamOpened
 
@@ -109,6 +113,7 @@ class LiveServer:
         self.config = config or ServerConfig()
         self.model = model
         self.metrics = Metrics()
+        self.outputs = Outputs(self)  # WHEP, HLS, recordings, RTMP pushes, OSC
         self.streams: dict[str, LiveStream] = {}
         self.connections: set[Connection] = set()
         self.static = static_dir()
@@ -150,16 +155,8 @@ class LiveServer:
         )
         m.watch_queue("outbox", lambda: sum(c.outbox.qsize() for c in self.connections))
         m.cache_bytes.set_function(lambda: sum(s.cache_bytes for s in self.streams.values()))
-        self._ws_server = await serve(
-            self._handle,
-            cfg.host,
-            cfg.port,
-            process_request=self._http,
-            max_size=cfg.hard_message_bytes,
-            ping_interval=20,
-            ping_timeout=20,
-        )
-        self.port = self._ws_server.sockets[0].getsockname()[1]
+        self._ws_server = HttpFront(self)
+        self.port = await self._ws_server.start(cfg.host, cfg.port)
         self.ready.set()
         return self
 
@@ -174,7 +171,7 @@ class LiveServer:
 
     async def close(self, timeout: float = 5.0) -> None:
         if self._ws_server is not None:
-            self._ws_server.close(close_connections=False)  # 1. stop accepting
+            self._ws_server.stop_accepting()  # 1. stop accepting
         for stream in list(self.streams.values()):  # 2. end streams, closing peers
             self.end_stream(stream, "server_shutdown")
         if self._closing:
@@ -182,15 +179,15 @@ class LiveServer:
         for conn in list(self.connections):  # 3. close websockets
             await conn.ws.close(1001, "server shutting down")
         if self._ws_server is not None:
-            try:
-                await asyncio.wait_for(self._ws_server.wait_closed(), timeout)
-            except TimeoutError:
+            if not await self._ws_server.wait_handlers(timeout):
                 log.warning("websocket handlers did not finish in %.1fs", timeout)
-        if self.worker is not None:  # 4. stop the model worker
+            await self.outputs.finish_all()  # 4. finish files (recordings) and pushes
+            await self._ws_server.close()
+        if self.worker is not None:  # 5. stop the model worker
             loop = asyncio.get_running_loop()
             if not await loop.run_in_executor(None, self.worker.stop, timeout):
                 log.warning("the model worker did not stop in %.1fs", timeout)
-        if self.encode_pool is not None:  # 5. cancel the rest
+        if self.encode_pool is not None:  # 6. cancel the rest
             self.encode_pool.shutdown(wait=False, cancel_futures=True)
 
     async def __aenter__(self) -> LiveServer:
@@ -408,6 +405,8 @@ class LiveServer:
             "width": stream.width,
             "height": stream.height,
             "ticks_per_frame": stream.playout.ticks_per_frame,
+            "control_token": stream.control_token,
+            "view_token": stream.view_token,
         }
 
     async def _on_watch(self, conn: Connection, msg: dict) -> dict:

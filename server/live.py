@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 
+from server.auth import new_token
 from server.fanout import EncodedFrame, FanoutTrack, SharedEncoder, adopt
 from server.playout import PlanChange, Playout
 from server.protocol import request_error
@@ -55,9 +56,18 @@ def codec_preferences(preferred_mime: str) -> list:
 
 class LiveStream:
     def __init__(
-        self, server: LiveServer, stream_id: str, prompt: str, seed: int, info: StreamOpened
+        self,
+        server: LiveServer,
+        stream_id: str,
+        prompt: str,
+        seed: int,
+        info: StreamOpened,
+        control_token: str | None = None,
+        view_token: str | None = None,
     ):
         self.server = server
+        self.control_token = control_token or new_token()
+        self.view_token = view_token or new_token()
         self.config = server.config
         self.metrics = server.metrics
         self.id = stream_id
@@ -192,6 +202,7 @@ class LiveStream:
             *(self.remove_viewer(v, reason) for v in list(self.viewers)), return_exceptions=True
         )
         self.server.worker.close_stream(self.id)
+        self.server.outputs.stream_ended(self)  # finish recordings, pushes, HLS
         self.broadcast({"type": "stream_ended", "stream": self.id, "reason": reason})
         for conn in list(self.members):
             conn.streams.discard(self)
