@@ -157,6 +157,7 @@ class LiveServer:
         m.cache_bytes.set_function(lambda: sum(s.cache_bytes for s in self.streams.values()))
         self._ws_server = HttpFront(self)
         self.port = await self._ws_server.start(cfg.host, cfg.port)
+        await self.outputs.start()  # OSC, when asked for
         self.ready.set()
         return self
 
@@ -501,6 +502,12 @@ class LiveServer:
         if task is not None:
             await task
         return {"type": "stopped", "stream": stream.id}
+
+    async def _on_record(self, conn: Connection, msg: dict) -> dict:
+        return await self.outputs.record(self._stream(conn, msg), msg)
+
+    async def _on_push(self, conn: Connection, msg: dict) -> dict:
+        return await self.outputs.push(self._stream(conn, msg), msg)
 
     async def _on_streams(self, conn, msg):
         return {"type": "streams", "streams": [s.snapshot() for s in self.streams.values()]}

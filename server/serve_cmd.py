@@ -61,6 +61,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=d.torch_threads,
         help="torch threads of the model worker (default %(default)s)",
     )
+    p.add_argument(
+        "--record-dir",
+        default=d.record_dir,
+        help="where recordings are written (default %(default)s)",
+    )
+    p.add_argument(
+        "--osc-port", type=int, default=None, help="UDP port for OSC control (default: off)"
+    )
+    p.add_argument(
+        "--osc-host", default=None, help="interface for OSC (default: the server's --host)"
+    )
     add_dtype_option(p, default=d.dtype)
     add_sampling_options(p)  # for every stream
     p.add_argument("--log-level", default="INFO")
@@ -79,6 +90,9 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         grace_seconds=args.grace,
         torch_threads=args.threads,
         dtype=args.dtype,
+        record_dir=args.record_dir,
+        osc_port=args.osc_port,
+        osc_host=args.osc_host,
         **sampling_changes(args),
     )
 
