@@ -60,13 +60,14 @@ class HlsSegmenter(PacketSink):
         self._asked_key = False
         self._next_seq = 0
         self._changed = asyncio.Event()
+        self._waiting = 0  # playlist requests waiting for segments (a reader: not idle)
         self.closed = False
 
     def touch(self) -> None:
         self.last_request = time.monotonic()
 
     def write(self, frame: EncodedFrame) -> None:
-        if time.monotonic() - self.last_request > self.idle_seconds:
+        if not self._waiting and time.monotonic() - self.last_request > self.idle_seconds:
             self.close()
             return
         pts = self.pts(frame)
@@ -101,10 +102,15 @@ class HlsSegmenter(PacketSink):
         return held[2:] if len(held) > 3 else held
 
     async def wait_segments(self, n: int, timeout: float) -> bool:
-        """Wait until the playlist names at least `n` segments."""
-        async with asyncio.timeout(timeout):
-            while len(self.listed()) < n and not self.closed:
-                await self._changed.wait()
+        """Wait until the playlist names at least `n` segments (False if it closed)."""
+        self._waiting += 1
+        try:
+            async with asyncio.timeout(timeout):
+                while len(self.listed()) < n and not self.closed:
+                    await self._changed.wait()
+        finally:
+            self._waiting -= 1
+            self.touch()
         return len(self.listed()) >= n
 
     def playlist(self, token: str) -> str:

@@ -184,9 +184,11 @@ class Outputs:
         self.metrics.hls_requests.labels("playlist").inc()
         hls = self._segmenter(stream)
         try:
-            await hls.wait_segments(2, HLS_FIRST_WAIT)
+            ready = await hls.wait_segments(2, HLS_FIRST_WAIT)
         except TimeoutError:
-            raise _fail(503, "no HLS segments yet; retry shortly", {"Retry-After": "1"}) from None
+            ready = False
+        if not ready:
+            raise _fail(503, "no HLS segments yet; retry shortly", {"Retry-After": "1"})
         return web.Response(
             text=hls.playlist(token), content_type="application/vnd.apple.mpegurl", headers=OPEN
         )

@@ -127,3 +127,32 @@ async def test_obs_page_refuses_a_wrong_view_token(live_server, session, browser
     assert response.status == 403
     (live,) = server.streams.values()
     assert live.viewers == {}
+
+
+async def test_hls_js_in_chromium_plays_the_live_playlist(live_server, session, browser):
+    """hls.js (npm) in Chromium, on another origin, plays the live playlist: the video's
+    currentTime advances; how far it plays behind the live edge is printed."""
+    server, _, created = await _stream(live_server, session)
+    page = await browser.new_page()
+    await page.add_script_tag(content=_script(HLS_JS))
+    url = f"{server.url}hls/{created['stream']}/index.m3u8?token={created['view_token']}"
+    await page.evaluate(
+        """(url) => {
+          const v = document.createElement("video");
+          v.muted = true; v.autoplay = true;
+          document.body.appendChild(v);
+          window.hls = new Hls({liveSyncDurationCount: 2});
+          window.hls.loadSource(url);
+          window.hls.attachMedia(v);
+          window.video = v;
+        }""",
+        url,
+    )
+    ms = timeout(30) * 1000
+    await page.wait_for_function("Hls.isSupported() && window.video.currentTime > 0.5", timeout=ms)
+    t0 = await page.evaluate("window.video.currentTime")
+    await asyncio.sleep(2.0)
+    t1 = await page.evaluate("window.video.currentTime")
+    assert t1 > t0 + 1.0
+    behind = await page.evaluate("window.hls.latency")
+    print(f"HLS (hls.js in Chromium): {behind:.2f} s behind the playlist's live edge")
