@@ -104,6 +104,9 @@ async def serve(config: ServerConfig) -> None:
     await server.start()
     print(f"endless: serving on {server.url}  (websocket {server.ws_url})", flush=True)
     print(f"endless: open {server.url} in a browser; metrics at {server.url}metrics", flush=True)
+    if server.outputs.osc is not None:
+        host = config.osc_host or config.host
+        print(f"endless: OSC control on udp {host}:{server.outputs.osc.port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
