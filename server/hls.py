@@ -34,7 +34,8 @@ class Segment:
     seq: int
     seconds: float
     data: bytes
-    made: float  # time.time() when it was cut (for latency figures)
+    tick: int  # media tick of its first frame
+    made: float  # time.monotonic() when it was cut
 
 
 class HlsSegmenter(PacketSink):
@@ -57,6 +58,7 @@ class HlsSegmenter(PacketSink):
         self._buf: io.BytesIO | None = None
         self._remux: H264Remuxer | None = None
         self._start = 0  # pts of the open segment's first frame
+        self._start_tick = 0
         self._asked_key = False
         self._next_seq = 0
         self._changed = asyncio.Event()
@@ -76,7 +78,7 @@ class HlsSegmenter(PacketSink):
         if self._remux is None:  # frames come from a keyframe on: this one is
             self._buf = io.BytesIO()
             self._remux = H264Remuxer(self._buf, "mpegts", frame.access_unit)
-            self._start = pts
+            self._start, self._start_tick = pts, frame.tick
             self._asked_key = False
         self._remux.write(frame.access_unit, pts, frame.keyframe)
         frame_ticks = self.stream.playout.ticks_per_frame
@@ -88,7 +90,10 @@ class HlsSegmenter(PacketSink):
     def _cut(self, pts: int) -> None:
         self._remux.close()
         seconds = (pts - self._start) / TICKS
-        self.segments.append(Segment(self._next_seq, seconds, self._buf.getvalue(), time.time()))
+        data = self._buf.getvalue()
+        self.segments.append(
+            Segment(self._next_seq, seconds, data, self._start_tick, time.monotonic())
+        )
         self._next_seq += 1
         self._remux = self._buf = None
         self.metrics.hls_segments.inc()
