@@ -47,6 +47,7 @@ class Outputs:
         self.hls: dict[str, HlsSegmenter] = {}
         self.pushes: dict[str, dict[str, RtmpPush]] = {}  # stream id -> push id -> push
         self.osc: OscControl | None = None
+        self._tasks: set[asyncio.Task] = set()  # pushes being stopped at a stream's end
 
     async def start(self) -> None:
         cfg = self.server.config
@@ -70,13 +71,17 @@ class Outputs:
         if hls is not None:
             hls.close()
         for push in list(self.pushes.get(stream.id, {}).values()):
-            self.recordings._spawn(self._stop_push(stream, push))
+            task = asyncio.get_running_loop().create_task(self._stop_push(stream, push))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def finish_all(self) -> None:
         """At shutdown, after the streams ended: finish recordings, stop pushes and OSC."""
         if self.osc is not None:
             self.osc.close()
         await self.recordings.finish_all()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         for pushes in list(self.pushes.values()):
             await asyncio.gather(*(p.stop() for p in pushes.values()), return_exceptions=True)
         self.pushes.clear()

@@ -89,7 +89,10 @@ async def test_a_recording_is_finished_when_its_stream_ends_and_at_shutdown(
     first = await s.request({**rec, "stream": created["stream"], "token": created["control_token"]})
     other = await s.request({"type": "create", "seed": 1})
     second = await s.request({**rec, "stream": other["stream"], "token": other["control_token"]})
-    await asyncio.sleep(1.5)
+    running = server.outputs.recordings.running
+    async with asyncio.timeout(timeout(30)):  # both streams share one model: wait for both
+        while min(running[c["stream"]].frames for c in (created, other)) < 24:
+            await asyncio.sleep(0.05)
     await s.request({"type": "stop", "stream": created["stream"]})
     ended = await s.wait_event(lambda e: e["type"] == "recording", timeout(10))
     assert ended["id"] == first["id"] and ended["reason"] == "stream_ended"

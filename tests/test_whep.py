@@ -133,3 +133,25 @@ async def test_a_whep_viewer_alone_keeps_its_stream_and_its_vanishing_ends_nothi
         while server.streams:
             await asyncio.sleep(0.2)
     assert server.outputs.whep.sessions == {}
+
+
+async def test_whep_patch_takes_trickled_candidates_and_refuses_bad_ones(live_server, session):
+    """PATCH with a trickle-ice-sdpfrag adds its candidates (204); a malformed candidate
+    is 400, another content type 415, an unknown session 404."""
+    server, _, created = await _stream(live_server, session)
+    url = f"{server.url}whep/{created['stream']}"
+    auth = {"Authorization": f"Bearer {created['view_token']}"}
+    frag = {**auth, "Content-Type": "application/trickle-ice-sdpfrag"}
+    good = "a=mid:0\r\na=candidate:1 1 udp 2122260223 127.0.0.1 50000 typ host\r\n"
+    async with aiohttp.ClientSession() as http:
+        pc, _, location = await _whep(http, url, created["view_token"])
+        resource = server.url.rstrip("/") + location
+        async with http.patch(resource, data=good + "a=end-of-candidates\r\n", headers=frag) as r:
+            assert r.status == 204
+        async with http.patch(resource, data="a=candidate:garbage\r\n", headers=frag) as r:
+            assert r.status == 400
+        async with http.patch(resource, data=good, headers={**auth, "Content-Type": "text/x"}) as r:
+            assert r.status == 415
+        async with http.patch(url + "/nosuchsession", data=good, headers=frag) as r:
+            assert r.status == 404
+    await pc.close()
