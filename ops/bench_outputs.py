@@ -34,6 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 NGINX, RTMP_MODULE = "/usr/sbin/nginx", "/usr/lib/nginx/modules/ngx_rtmp_module.so"
 CLK = os.sysconf("SC_CLK_TCK")
 
+PROMPT = "a big red circle bouncing over the ocean"
+
 
 def thread_cpu(tid: int) -> float:
     """CPU seconds (user + system) of one thread of this process."""
@@ -173,7 +175,7 @@ async def run(args) -> dict:
     stop_hls = asyncio.Event()
     try:
         s = await LiveSession(server.ws_url).connect()
-        created = await s.request({"type": "create"})
+        created = await s.create(PROMPT)
         live = server.streams[created["stream"]]
         clock = Clock(live)
         viewer = await s.watch(created["stream"], codec="h264", keep_images=False)

@@ -26,6 +26,8 @@ FRAMES = """async (pc) => {
   return n;
 }"""
 
+PROMPT = "a big red circle bouncing over the ocean"
+
 
 def _script(path: Path) -> str:
     if not path.is_file():
@@ -46,7 +48,7 @@ async def browser():
 async def _stream(live_server, session, **config):
     server = await live_server(**config)
     s = await session(server.ws_url)
-    return server, s, await s.request({"type": "create"})
+    return server, s, await s.create(PROMPT)
 
 
 async def test_whip_whep_client_in_chromium_decodes_frames_over_whep(live_server, session, browser):

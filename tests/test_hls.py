@@ -9,11 +9,13 @@ import aiohttp
 import av
 from conftest import timeout
 
+PROMPT = "a big red circle bouncing over the ocean"
+
 
 async def _stream(live_server, session, **config):
     server = await live_server(**config)
     s = await session(server.ws_url)
-    return server, s, await s.request({"type": "create"})
+    return server, s, await s.create(PROMPT)
 
 
 def _durations(playlist: str) -> list[float]:

@@ -16,6 +16,8 @@ from conftest import timeout
 
 from client.session import LiveSession
 
+PROMPT = "a big red circle bouncing over the ocean"
+
 
 def test_serve_with_record_dir_and_osc_finishes_a_running_recording_on_sigint(tmp_path):
     """The flags reach the server (OSC port printed, files in --record-dir); SIGINT
@@ -39,7 +41,7 @@ def test_serve_with_record_dir_and_osc_finishes_a_running_recording_on_sigint(tm
 
         async def record() -> dict:
             async with LiveSession(url) as s:
-                created = await s.request({"type": "create"})
+                created = await s.create(PROMPT)
                 rec = {"type": "record", "stream": created["stream"]}
                 started = await s.request({**rec, "token": created["control_token"]})
                 await asyncio.sleep(2.0)

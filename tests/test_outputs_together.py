@@ -14,6 +14,8 @@ from test_whep import _whep
 
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 
+PROMPT = "a big red circle bouncing over the ocean"
+
 
 async def test_websocket_whep_hls_recording_and_push_share_one_h264_encode(
     live_server, session, tmp_path
@@ -27,7 +29,7 @@ async def test_websocket_whep_hls_recording_and_push_share_one_h264_encode(
             codec="h264", record_dir=str(tmp_path / "rec"), hls_idle_seconds=2.0
         )
         s = await session(server.ws_url)
-        created = await s.request({"type": "create"})
+        created = await s.create(PROMPT)
         stream, control, view = created["stream"], created["control_token"], created["view_token"]
         viewer = await s.watch(stream, codec="h264")
         async with aiohttp.ClientSession() as http:

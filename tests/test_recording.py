@@ -12,11 +12,13 @@ from conftest import timeout
 
 from client.session import ServerError
 
+PROMPT = "a big red circle bouncing over the ocean"
+
 
 async def _stream(live_server, session, tmp_path, **config):
     server = await live_server(record_dir=str(tmp_path / "rec"), **config)
     s = await session(server.ws_url)
-    return server, s, await s.request({"type": "create"})
+    return server, s, await s.create(PROMPT)
 
 
 def _decode(data: bytes) -> tuple[int, float]:
@@ -87,13 +89,15 @@ async def test_a_recording_is_finished_when_its_stream_ends_and_at_shutdown(
     server, s, created = await _stream(live_server, session, tmp_path)
     rec = {"type": "record", "action": "start"}
     first = await s.request({**rec, "stream": created["stream"], "token": created["control_token"]})
-    other = await s.request({"type": "create", "seed": 1})
+    other = await s.create(PROMPT, seed=1)
     second = await s.request({**rec, "stream": other["stream"], "token": other["control_token"]})
     running = server.outputs.recordings.running
     async with asyncio.timeout(timeout(30)):  # both streams share one model: wait for both
         while min(running[c["stream"]].frames for c in (created, other)) < 24:
             await asyncio.sleep(0.05)
-    await s.request({"type": "stop", "stream": created["stream"]})
+    await s.request(
+        {"type": "stop", "stream": created["stream"], "token": created["control_token"]}
+    )
     ended = await s.wait_event(lambda e: e["type"] == "recording", timeout(10))
     assert ended["id"] == first["id"] and ended["reason"] == "stream_ended"
     await server.close()

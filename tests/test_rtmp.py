@@ -31,6 +31,8 @@ rtmp {{
 }}
 """
 
+PROMPT = "a big red circle bouncing over the ocean"
+
 
 class RtmpServer:
     """nginx-rtmp on 127.0.0.1:port, started and stopped by the test."""
@@ -100,7 +102,7 @@ async def test_a_push_reaches_a_real_rtmp_server_and_reads_back_with_pyav(
     await rtmp_server.start()
     server = await live_server()
     s = await session(server.ws_url)
-    created = await s.request({"type": "create"})
+    created = await s.create(PROMPT)
     msg = {"type": "push", "stream": created["stream"], "token": created["control_token"]}
     started = await s.request({**msg, "url": rtmp_server.url("show")})
     assert started["type"] == "push_status" and started["state"] == "connecting"
@@ -128,7 +130,7 @@ async def test_a_push_retries_while_the_rtmp_server_is_away_and_resumes_when_bac
     the server is up it goes live, and after the server dies it retries and comes back."""
     server = await live_server()
     s = await session(server.ws_url)
-    created = await s.request({"type": "create"})
+    created = await s.create(PROMPT)
     msg = {"type": "push", "stream": created["stream"], "token": created["control_token"]}
     await s.request({**msg, "url": rtmp_server.url("again")})
     retry = await s.wait_event(_status("retrying"), timeout(15))
@@ -152,7 +154,7 @@ async def test_push_refuses_other_schemes_and_the_view_token(live_server, sessio
     """An http:// URL is bad_url; the view token is forbidden; stop with no push."""
     server = await live_server()
     s = await session(server.ws_url)
-    created = await s.request({"type": "create"})
+    created = await s.create(PROMPT)
     msg = {"type": "push", "stream": created["stream"], "token": created["control_token"]}
     for req, code in (
         ({**msg, "url": "http://127.0.0.1/x"}, "bad_url"),

@@ -8,11 +8,13 @@ import aiohttp
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from conftest import timeout
 
+PROMPT = "a big red circle bouncing over the ocean"
+
 
 async def _stream(live_server, session, **config):
     server = await live_server(**config)
     s = await session(server.ws_url)
-    created = await s.request({"type": "create"})
+    created = await s.create(PROMPT)
     return server, s, created
 
 
