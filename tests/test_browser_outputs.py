@@ -96,6 +96,7 @@ async def test_obs_page_plays_without_controls_and_reconnects_after_the_peer_dro
     server, _, created = await _stream(live_server, session)
     page = await browser.new_page()
     stream, token = created["stream"], created["view_token"]
+    t0 = time.monotonic()
     async with page.expect_response(lambda r: "/play/" in r.url) as answer:
         await page.goto(f"{server.url}play/{stream}?view={token}")
     assert (await answer.value).status == 200
@@ -104,6 +105,7 @@ async def test_obs_page_plays_without_controls_and_reconnects_after_the_peer_dro
         f"window.endlessPlayer.pc && ({FRAMES})(window.endlessPlayer.pc).then((n) => n > 0)",
         timeout=ms,
     )
+    first_frame_s = time.monotonic() - t0
     tags = await page.evaluate("[...document.body.querySelectorAll('*')].map((e) => e.tagName)")
     assert [t for t in tags if t != "SCRIPT"] == ["VIDEO"]
     video = await page.evaluate(
@@ -113,12 +115,21 @@ async def test_obs_page_plays_without_controls_and_reconnects_after_the_peer_dro
     assert video == [True, True, False]
     (live,) = server.streams.values()
     (viewer_id,) = live.viewers
+    t1 = time.monotonic()
     await live.remove_viewer(viewer_id, "dropped by the test")
     await page.wait_for_function("window.endlessPlayer.connects >= 2", timeout=ms)
+    await page.wait_for_function(
+        f"({FRAMES})(window.endlessPlayer.pc).then((n) => n > 0)", timeout=ms, polling=50
+    )
+    back_s = time.monotonic() - t1
     await page.wait_for_function(
         f"({FRAMES})(window.endlessPlayer.pc).then((n) => n > 5)", timeout=ms
     )
     assert len(live.viewers) == 1 and viewer_id not in live.viewers
+    print(
+        f"OBS page: first frame {first_frame_s:.2f} s after navigation, "
+        f"frames again {back_s:.2f} s after its peer was dropped"
+    )
 
 
 async def test_obs_page_refuses_a_wrong_view_token(live_server, session, browser):
