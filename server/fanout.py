@@ -5,11 +5,12 @@ which awaits `track.recv()` and runs that sender's own encoder (so `MediaRelay` 
 one encode per viewer). Here a `SharedEncoder` encodes each shown frame once and packetises
 it once (`Vp8Encoder` / `H264Encoder` from `aiortc.codecs`); `PreEncodedSender` overrides
 just `_next_encoded_frame` to hand those payloads over, and `_send_keyframe` (called on a
-viewer's PLI/FIR) to ask the shared encoder for a keyframe. The H.264 encode also keeps
-each frame's NAL units (`EncodedFrame.access_unit`), which the remuxing outputs (HLS,
-recordings, RTMP) subscribe to beside the viewers: still one encode. RTP headers, sequence numbers,
-SRTP, NACK/RTX retransmission and RTCP stay aiortc's. `adopt(sender)` switches the sender
-that `addTransceiver` made to that subclass (same object, same state).
+viewer's PLI/FIR) to ask the shared encoder for a keyframe. RTP headers, sequence numbers,
+SRTP, NACK/RTX retransmission and RTCP stay aiortc's. The H.264 encode also gives each
+frame's NAL units back from its payloads (`EncodedFrame.access_unit`, Annex B) for the
+remuxing outputs (HLS, recordings, RTMP), which subscribe beside the viewers: still one
+encode. `adopt(sender)` switches the
+sender that `addTransceiver` made to that subclass (same object, same state).
 
 Each viewer's `FanoutTrack` holds a bounded queue of encoded frames. Policy when full (a
 viewer that cannot keep up): its queue is emptied, the frames are counted as dropped, and
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 from aiortc import RTCRtpCodecParameters
 from aiortc.codecs import get_encoder
-from aiortc.codecs.h264 import H264Encoder
+from aiortc.codecs.h264 import h264_depayload
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcrtpsender import RTCEncodedFrame, RTCRtpSender
 from av import VideoFrame
@@ -35,7 +36,6 @@ from av import VideoFrame
 from server.playout import MEDIA_CLOCK_HZ
 
 CLOCK = fractions.Fraction(1, MEDIA_CLOCK_HZ)
-ANNEX_B = b"\x00\x00\x00\x01"  # start code between NAL units of a byte stream
 KEYFRAME_REQUEST_GAP = 0.25  # seconds: viewers' PLIs closer than this share one keyframe
 
 
@@ -105,15 +105,10 @@ class SharedEncoder:
         frame = VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
         frame.pts = tick * self.ticks_per_frame
         frame.time_base = CLOCK
+        payloads, timestamp = self._encoder.encode(frame, keyframe)
         access_unit = None
-        if isinstance(self._encoder, H264Encoder):
-            # the same encode, split: NAL units for the remuxers (HLS, MP4, FLV), RTP
-            # payloads packetised from them for the WebRTC viewers
-            nals = list(self._encoder._encode_frame(frame, keyframe))
-            payloads, timestamp = H264Encoder._packetize(nals), frame.pts
-            access_unit = b"".join(ANNEX_B + nal for nal in nals)
-        else:
-            payloads, timestamp = self._encoder.encode(frame, keyframe)
+        if self.mime == "video/H264":  # the remuxers' copy: the same NAL units, Annex B
+            access_unit = b"".join(h264_depayload(p) for p in payloads)
         self.encodes += 1
         self.keyframes += keyframe
         return EncodedFrame(payloads, timestamp, tick, index, keyframe, access_unit)

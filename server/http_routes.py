@@ -69,9 +69,7 @@ class HttpFront:
         self.server = server
         self.app = web.Application(client_max_size=server.config.max_message_bytes)
         self.app.router.add_get("/ws", self._ws)
-        outputs = getattr(server, "outputs", None)
-        if outputs is not None:
-            outputs.add_routes(self.app.router)
+        server.outputs.add_routes(self.app.router)
         self.app.router.add_route("*", "/{tail:.*}", self._fallback)
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
