@@ -16,6 +16,12 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
 fi
 if [ "${1:-}" = "--test" ]; then
   $PIP install -q -e ".[test,wan]"
+  # third-party players the browser tests load (a WHEP client, hls.js), pinned by the lock
+  if command -v npm >/dev/null; then
+    (cd tests/js && npm ci --no-audit --no-fund --silent)
+  else
+    echo "ops/setup.sh: npm missing; the output browser tests need tests/js/node_modules" >&2
+  fi
 else
   $PIP install -q -e .
 fi

@@ -1,9 +1,11 @@
 """LiveServer: one websocket endpoint (/ws) for control and signalling, plus plain HTTP
-(/ the browser viewer, /metrics, /healthz) answered from websockets' `process_request`.
+(/ the browser viewer, /metrics, /healthz) and the outputs (server/outputs.py), all on
+one port served by server/http_routes.py.
 
 Everything hangs off the LiveServer object: two servers can run in one process.
-Shutdown order: stop accepting, end streams (closing peers), close websockets, stop the
-model worker (with a timeout), drop what is left in the encoder thread.
+Shutdown order: stop accepting, end streams (closing peers), close websockets, finish
+recordings and pushes, stop the model worker (with a timeout), drop what is left in the
+encoder thread.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from websockets.asyncio.server import ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
@@ -36,8 +38,10 @@ from model.wan.load import load_named
 from server import auth, protocol
 from server.config import CODECS, ServerConfig
 from server.ice import offered_addresses
+from server.http_routes import HttpFront
 from server.live import LiveStream
 from server.metrics import Metrics
+from server.outputs import Outputs
 from server.protocol import field, request_error
 from server.provenance.marking import StreamMarker
 from server.provenance.policy import PromptPolicy, PromptRefused
@@ -166,6 +170,7 @@ class LiveServer:
         self.config = config or ServerConfig()
         self.model = model
         self.metrics = Metrics()
+        self.outputs = Outputs(self)  # WHEP, HLS, recordings, RTMP pushes, OSC
         self.streams: dict[str, LiveStream] = {}
         self.connections: set[Connection] = set()
         self.static = static_dir()
@@ -229,17 +234,9 @@ class LiveServer:
         )
         m.watch_queue("outbox", lambda: sum(c.outbox.qsize() for c in self.connections))
         m.cache_bytes.set_function(lambda: sum(s.cache_bytes for s in self.streams.values()))
-        self._ws_server = await serve(
-            self._handle,
-            cfg.host,
-            cfg.port,
-            process_request=self._http,
-            logger=wire_log,
-            max_size=cfg.hard_message_bytes,
-            ping_interval=20,
-            ping_timeout=20,
-        )
-        self.port = self._ws_server.sockets[0].getsockname()[1]
+        self._ws_server = HttpFront(self)
+        self.port = await self._ws_server.start(cfg.host, cfg.port)
+        await self.outputs.start()  # OSC, when asked for
         self.ready.set()
         return self
 
@@ -254,7 +251,7 @@ class LiveServer:
 
     async def close(self, timeout: float = 5.0) -> None:
         if self._ws_server is not None:
-            self._ws_server.close(close_connections=False)  # 1. stop accepting
+            self._ws_server.stop_accepting()  # 1. stop accepting
         for stream in list(self.streams.values()):  # 2. end streams, closing peers
             self.end_stream(stream, "server_shutdown")
         if self._closing:
@@ -262,15 +259,15 @@ class LiveServer:
         for conn in list(self.connections):  # 3. close websockets
             await conn.ws.close(1001, "server shutting down")
         if self._ws_server is not None:
-            try:
-                await asyncio.wait_for(self._ws_server.wait_closed(), timeout)
-            except TimeoutError:
+            if not await self._ws_server.wait_handlers(timeout):
                 log.warning("websocket handlers did not finish in %.1fs", timeout)
-        if self.worker is not None:  # 4. stop the model worker
+            await self.outputs.finish_all()  # 4. finish files (recordings) and pushes
+            await self._ws_server.close()
+        if self.worker is not None:  # 5. stop the model worker
             loop = asyncio.get_running_loop()
             if not await loop.run_in_executor(None, self.worker.stop, timeout):
                 log.warning("the model worker did not stop in %.1fs", timeout)
-        if self.encode_pool is not None:  # 5. cancel the rest
+        if self.encode_pool is not None:  # 6. cancel the rest
             self.encode_pool.shutdown(wait=False, cancel_futures=True)
 
     async def __aenter__(self) -> LiveServer:
@@ -655,6 +652,12 @@ class LiveServer:
         if task is not None:
             await task
         return {"type": "stopped", "stream": stream.id}
+
+    async def _on_record(self, conn: Connection, msg: dict) -> dict:
+        return await self.outputs.record(self._stream(conn, msg), msg)
+
+    async def _on_push(self, conn: Connection, msg: dict) -> dict:
+        return await self.outputs.push(self._stream(conn, msg), msg)
 
     async def _on_streams(self, conn: Connection, msg: dict) -> dict:
         """The streams this connection presented a token for; every one for an API key."""

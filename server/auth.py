@@ -32,6 +32,7 @@ NEEDS: dict[str, Role] = {
     "resume": "control",
     "stop": "control",
     "record": "control",
+    "push": "control",
 }
 
 

@@ -75,6 +75,15 @@ class ServerConfig:
     c2pa_key: str | None = None  # PEM key and chain that sign recordings' C2PA manifests;
     c2pa_cert: str | None = None  # neither given: a development chain in state_dir
     state_dir: str | None = None  # None: ~/.cache/endless
+    # Outputs (server/outputs.py)
+    record_dir: str = "recordings"  # where `record` writes <id>.mp4 (made when first needed)
+    record_max_seconds: float = 6 * 3600.0  # a recording is finished at this length
+    hls_segment_seconds: float = 1.0  # HLS segment length (a keyframe is asked for each)
+    hls_keep_segments: int = 6  # segments held per stream (the playlist lists all but two)
+    hls_idle_seconds: float = 20.0  # segmenting stops when no HLS request came for this long
+    max_pushes_per_stream: int = 4  # RTMP destinations at once
+    osc_port: int | None = None  # UDP port for OSC control (None: off; 0: any free one)
+    osc_host: str | None = None  # interface for OSC (None: the server's host)
 
     def __post_init__(self) -> None:
         if self.codec not in CODECS:

@@ -6,8 +6,11 @@ one encode per viewer). Here a `SharedEncoder` encodes each shown frame once and
 it once (`Vp8Encoder` / `H264Encoder` from `aiortc.codecs`); `PreEncodedSender` overrides
 just `_next_encoded_frame` to hand those payloads over, and `_send_keyframe` (called on a
 viewer's PLI/FIR) to ask the shared encoder for a keyframe. RTP headers, sequence numbers,
-SRTP, NACK/RTX retransmission and RTCP stay aiortc's. `adopt(sender)` switches the sender
-that `addTransceiver` made to that subclass (same object, same state).
+SRTP, NACK/RTX retransmission and RTCP stay aiortc's. The H.264 encode also gives each
+frame's NAL units back from its payloads (`EncodedFrame.access_unit`, Annex B) for the
+remuxing outputs (HLS, recordings, RTMP), which subscribe beside the viewers: still one
+encode. `adopt(sender)` switches the
+sender that `addTransceiver` made to that subclass (same object, same state).
 
 Each viewer's `FanoutTrack` holds a bounded queue of encoded frames. Policy when full (a
 viewer that cannot keep up): its queue is emptied, the frames are counted as dropped, and
@@ -25,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 from aiortc import RTCRtpCodecParameters
 from aiortc.codecs import get_encoder
+from aiortc.codecs.h264 import h264_depayload
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcrtpsender import RTCEncodedFrame, RTCRtpSender
 from av import VideoFrame
@@ -42,6 +46,7 @@ class EncodedFrame:
     tick: int  # media tick (timestamp / ticks_per_frame)
     index: int  # generated frame shown
     keyframe: bool
+    access_unit: bytes | None = None  # H.264 only: the frame's NAL units, Annex B (remuxers)
 
 
 class SharedEncoder:
@@ -101,9 +106,12 @@ class SharedEncoder:
         frame.pts = tick * self.ticks_per_frame
         frame.time_base = CLOCK
         payloads, timestamp = self._encoder.encode(frame, keyframe)
+        access_unit = None
+        if self.mime == "video/H264":  # the remuxers' copy: the same NAL units, Annex B
+            access_unit = b"".join(h264_depayload(p) for p in payloads)
         self.encodes += 1
         self.keyframes += keyframe
-        return EncodedFrame(payloads, timestamp, tick, index, keyframe)
+        return EncodedFrame(payloads, timestamp, tick, index, keyframe, access_unit)
 
     def publish(self, frame: EncodedFrame) -> None:
         for track in list(self.subscribers):

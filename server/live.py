@@ -82,6 +82,8 @@ class LiveStream:
         self.playout = Playout(prompt, info.frames, info.fps, self.config.ahead_chunks)
         self.encoders: dict[str, SharedEncoder] = {}
         self.viewers: dict[str, Viewer] = {}
+        self.sinks: set = set()  # remuxing outputs fed by the H.264 encode (server/packets.py)
+        self.storyboard: list[tuple[float, str]] = []  # the last one set (OSC cues play it)
         self.members: set[Connection] = set()
         self.anchors: deque[tuple[int, int, bool]] = deque(maxlen=8)
         self.created = time.time()
@@ -158,6 +160,7 @@ class LiveStream:
         self._check_room()
         frames, change = self.playout.set_storyboard(items)
         self._apply(change)
+        self.storyboard = list(items)
         return frames
 
     def pause(self) -> None:
@@ -186,8 +189,8 @@ class LiveStream:
             self._grace = None
 
     def release_if_unused(self) -> None:
-        """With no attached connection and no viewer left, end after the grace period."""
-        if self.ended or self.members or self.viewers or self._grace is not None:
+        """With no attached connection, viewer or output left, end after the grace period."""
+        if self.ended or self.members or self.viewers or self.sinks or self._grace is not None:
             return
         loop = asyncio.get_running_loop()
         self._grace = loop.call_later(
@@ -207,6 +210,7 @@ class LiveStream:
             *(self.remove_viewer(v, reason) for v in list(self.viewers)), return_exceptions=True
         )
         self.server.worker.close_stream(self.id)
+        self.server.outputs.stream_ended(self)  # finish recordings, pushes, HLS
         self.broadcast({"type": "stream_ended", "stream": self.id, "reason": reason})
         for conn in list(self.members):
             conn.streams.discard(self)
@@ -303,6 +307,26 @@ class LiveStream:
             )
             self.encoders[mime] = enc
         return enc
+
+    def add_sink(self, sink) -> SharedEncoder:
+        """Feed `sink` (its `offer(EncodedFrame)`) the H.264 encode, from its next keyframe;
+        the encode is made while a viewer or a sink needs it."""
+        enc = self._bind(None, "video/H264")
+        enc.subscribers.add(sink)
+        enc.request_keyframe()
+        self.sinks.add(sink)
+        self._cancel_grace()
+        return enc
+
+    def remove_sink(self, sink) -> None:
+        self.sinks.discard(sink)
+        enc = self.encoders.get("video/H264")
+        if enc is not None:
+            enc.subscribers.discard(sink)
+            if not enc.subscribers:
+                del self.encoders["video/H264"]
+        if not self.ended:
+            self.release_if_unused()
 
     def _viewer_started(self, viewer_id: str, frame: EncodedFrame) -> None:
         viewer = self.viewers.get(viewer_id)

@@ -29,6 +29,8 @@ REQUEST_TYPES = (
     "streams",
     "stats",
     "ping",
+    "record",
+    "push",
 )
 MAX_STORYBOARD_ITEMS = 256
 MAX_STORYBOARD_SECONDS = 24 * 3600.0

@@ -97,6 +97,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="offer WebRTC candidates on this IP address (repeatable; default: the --host "
         "address, every address for 0.0.0.0)",
     )
+    p.add_argument(
+        "--record-dir",
+        default=d.record_dir,
+        help="where recordings are written (default %(default)s)",
+    )
+    p.add_argument(
+        "--osc-port", type=int, default=None, help="UDP port for OSC control (default: off)"
+    )
+    p.add_argument(
+        "--osc-host", default=None, help="interface for OSC (default: the server's --host)"
+    )
     add_dtype_option(p, default=d.dtype)
     add_sampling_options(p)  # for every stream
     add_provenance_options(p)
@@ -138,6 +149,9 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         c2pa_key=args.c2pa_key,
         c2pa_cert=args.c2pa_cert,
         state_dir=args.state_dir,
+        record_dir=args.record_dir,
+        osc_port=args.osc_port,
+        osc_host=args.osc_host,
         **sampling_changes(args),
     )
 
@@ -153,6 +167,9 @@ async def serve(config: ServerConfig) -> None:
         print("endless: creating a stream needs the API key", flush=True)
     elif not is_loopback(config.host):
         print(f"endless: warning: serving {config.host} with no API key (--insecure)", flush=True)
+    if server.outputs.osc is not None:
+        host = config.osc_host or config.host
+        print(f"endless: OSC control on udp {host}:{server.outputs.osc.port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
