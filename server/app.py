@@ -37,8 +37,8 @@ from model.tinyworld.spec import FILLER, VOCAB
 from model.wan.load import load_named
 from server import auth, protocol
 from server.config import CODECS, ServerConfig
-from server.ice import offered_addresses
 from server.http_routes import HttpFront
+from server.ice import offered_addresses
 from server.live import LiveStream
 from server.metrics import Metrics
 from server.outputs import Outputs
