@@ -45,6 +45,25 @@ class ChunkPlan:
     prev: torch.Tensor | None = None  # the DiT's `prev` input (models with prev_frames)
 
 
+@dataclass
+class ModelInputs:
+    """A chunk's model inputs besides its noisy latents and noise level."""
+
+    texts: dict[Cond, torch.Tensor]  # each (1, text_len, text_dim)
+    positions: torch.Tensor  # (F,) rotary time positions of the chunk's latent frames
+    context: AttnContext | None  # the cached context it attends to
+    prev: torch.Tensor | None  # (1, P*C, F, h, w): the DiT's `prev` input, if it takes one
+
+    def sigma(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        return torch.full((x.shape[0], len(self.positions)), sigma)
+
+    def text(self, conds) -> torch.Tensor:
+        return torch.cat([self.texts[c] for c in conds])
+
+    def prev_for(self, x: torch.Tensor) -> torch.Tensor | None:
+        return None if self.prev is None else self.prev.expand(x.shape[0], -1, -1, -1, -1)
+
+
 def chunk_noise(seed: int, chunk: int, shape, dtype) -> torch.Tensor:
     """Noise of a chunk depends on (seed, chunk) only: rewinds regenerate identically."""
     g = torch.Generator().manual_seed((seed * 1_000_003 + chunk * 7919) % (2**63))
@@ -260,24 +279,43 @@ class Stream:
 
     @torch.no_grad()
     def denoise(self, plan: ChunkPlan) -> torch.Tensor:
-        dit = self.model.dit
-        positions = self._positions(plan.n_context)
+        inputs = self.model_inputs(plan)
+        return self._drive(self.walk(plan), inputs)
+
+    def walk(self, plan: ChunkPlan):
+        """The chunk's sampling loop as a generator of model calls (FlowSampler.walk):
+        `denoise` answers them one by one, memory/batch.py several streams' at once."""
+        motion = self.motion_guidance_at(plan.chunk, plan.prompt)
+        guidance = self.guidance_at(plan.chunk)
+        return self.sampler.walk(plan.noise, self.steps, guidance, None, motion)
+
+    def model_inputs(self, plan: ChunkPlan) -> ModelInputs:
+        """What the chunk's model calls take besides x and sigma."""
         texts = {
             Cond.PROMPT: self._text(plan.prompt),
             Cond.EMPTY: self._text(plan.prompt, cond=False),
         }
-        motion = self.motion_guidance_at(plan.chunk, plan.prompt)
-        if motion:
+        if plan.prompt.without_motion is not None:
             texts[Cond.NO_MOTION] = plan.prompt.without_motion.unsqueeze(0).to(self.model.dtype)
+        return ModelInputs(texts, self._positions(plan.n_context), plan.context, plan.prev)
 
-        def velocity(x, sigma, conds):
-            s = torch.full((x.shape[0], self.chunk_frames), sigma)
-            text = torch.cat([texts[c] for c in conds])
-            prev = None if plan.prev is None else plan.prev.expand(x.shape[0], -1, -1, -1, -1)
-            return dit(x, s, text, positions, ctx=plan.context, prev=prev)
-
-        guidance = self.guidance_at(plan.chunk)
-        return self.sampler.sample(plan.noise, velocity, self.steps, guidance, None, motion)
+    def _drive(self, walk, inputs: ModelInputs) -> torch.Tensor:
+        dit = self.model.dit
+        call = next(walk)
+        while True:
+            x, sigma, conds = call
+            v = dit(
+                x,
+                inputs.sigma(x, sigma),
+                inputs.text(conds),
+                inputs.positions,
+                ctx=inputs.context,
+                prev=inputs.prev_for(x),
+            )
+            try:
+                call = walk.send(v)
+            except StopIteration as done:
+                return done.value
 
     @property
     def steps(self) -> int:

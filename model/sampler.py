@@ -7,7 +7,7 @@ v = noise - x0, and an Euler step moves x from sigma to sigma_next by (sigma_nex
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from enum import StrEnum
 
 import torch
@@ -34,6 +34,9 @@ class Cond(StrEnum):
     NO_MOTION = "no_motion"  # the prompt with its motion left unsaid (motion guidance)
 
 
+ModelCall = tuple[torch.Tensor, float, tuple[Cond, ...]]  # (x, sigma, conds) of one step
+
+
 class FlowSampler:
     """Denoise one chunk with `velocity(x, sigma, conds)`, the model call.
 
@@ -55,6 +58,27 @@ class FlowSampler:
         interval: tuple[float, float] | None = None,
         motion_guidance: float | None = None,
     ) -> torch.Tensor:
+        """Denoise `noise`, calling `velocity` once a step (see `walk`)."""
+        walk = self.walk(noise, steps, guidance, interval, motion_guidance)
+        call = next(walk)
+        while True:
+            try:
+                call = walk.send(velocity(*call))
+            except StopIteration as done:
+                return done.value
+
+    def walk(
+        self,
+        noise: torch.Tensor,
+        steps: int | None = None,
+        guidance: float | None = None,
+        interval: tuple[float, float] | None = None,
+        motion_guidance: float | None = None,
+    ) -> Generator[ModelCall, torch.Tensor, torch.Tensor]:
+        """The sampling loop as a generator: it yields each step's model call
+        `(x, sigma, conds)`, is sent back that call's velocity, and returns the sample.
+        `sample` answers one call at a time; memory/batch.py walks several streams in
+        lockstep and answers all their calls with one batched forward pass."""
         steps = steps or self.cfg.steps
         guidance = self.cfg.guidance if guidance is None else guidance
         lo, hi = self.cfg.guidance_interval if interval is None else interval
@@ -68,7 +92,8 @@ class FlowSampler:
             if motion and s >= self.cfg.motion_guidance_from:
                 conds.append(Cond.NO_MOTION)
             batch = x if len(conds) == 1 else torch.cat([x] * len(conds))
-            vs = dict(zip(conds, velocity(batch, s, tuple(conds)).chunk(len(conds)), strict=True))
+            out = yield batch, s, tuple(conds)
+            vs = dict(zip(conds, out.chunk(len(conds)), strict=True))
             v = vs[Cond.PROMPT]
             if Cond.EMPTY in vs:
                 v = vs[Cond.EMPTY] + guidance * (vs[Cond.PROMPT] - vs[Cond.EMPTY])
