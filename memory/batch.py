@@ -96,3 +96,52 @@ class BatchedContexts:
 
 def _cat_or_none(parts: list[torch.Tensor | None]) -> torch.Tensor | None:
     return None if parts[0] is None else torch.cat(parts)
+
+
+@torch.no_grad()
+def commit_together(jobs: list[Job], latents: list[torch.Tensor]) -> list:
+    """Commit each job's denoised chunk (`Stream.commit`), the keys/values of every group
+    of jobs with the same `batch_key` in one forward pass and the decodes of streams whose
+    decoder carries stack in one call; the uint8 frames of each chunk, in order."""
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for i, job in enumerate(jobs):
+        groups[batch_key(job)].append(i)
+    for members in groups.values():
+        _cache_group([jobs[i] for i in members], [latents[i] for i in members])
+    return _decode_all(jobs, latents)
+
+
+def _cache_group(jobs: list[Job], latents: list[torch.Tensor]) -> None:
+    calls = [s.context_call(p, z) for (s, p), z in zip(jobs, latents, strict=True)]
+    x, sigma, text = (torch.cat(parts) for parts in zip(*calls, strict=True))
+    inputs = [s.model_inputs(p) for s, p in jobs]
+    ctx = BatchedContexts(inputs).get([(i, 1) for i in range(len(jobs))])
+    _, kvs = jobs[0][0].model.dit(x, sigma, text, inputs[0].positions, ctx=ctx, return_kv=True)
+    for j, ((stream, _), z) in enumerate(zip(jobs, latents, strict=True)):
+        stream.cache_chunk(z, [(k[j : j + 1], v[j : j + 1]) for k, v in kvs])
+
+
+def _decode_all(jobs: list[Job], latents: list[torch.Tensor]) -> list:
+    """Decode each chunk; chunks whose decoder carries have the same shapes (same model,
+    none at a stream's start) decode as one batch, carries split back per stream."""
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for i, (stream, plan) in enumerate(jobs):
+        state = stream.decoder_state(plan)
+        shapes = None if state is None else tuple(None if t is None else t.shape for t in state)
+        groups[(id(stream.model.vae), shapes)].append(i)
+    frames: list = [None] * len(jobs)
+    for (_, shapes), members in groups.items():
+        vae = jobs[members[0]][0].model.vae
+        z = torch.cat([latents[i] for i in members])
+        states = [jobs[i][0].decoder_state(jobs[i][1]) for i in members]
+        state = None if shapes is None else _stack_states(states)
+        video, new_state = vae.decode(z, state)
+        for j, i in enumerate(members):
+            stream, plan = jobs[i]
+            mine = [None if t is None else t[j : j + 1].clone() for t in new_state]
+            frames[i] = stream.finish(plan, video[j : j + 1], mine)
+    return frames
+
+
+def _stack_states(states: list[list]) -> list:
+    return [None if ts[0] is None else torch.cat(ts) for ts in zip(*states, strict=True)]

@@ -352,21 +352,39 @@ class Stream:
     def commit(self, plan: ChunkPlan, latents: torch.Tensor) -> np.ndarray:
         """Cache the chunk's keys/values (as context for what follows), then decode it."""
         t0 = time.perf_counter()
-        head = self.cache.head
-        latent_frames = list(range(head, head + self.chunk_frames))
-        kvs = self._context_kv(
-            latents,
-            latent_frames,
-            plan.prompt,
-            self._positions(plan.n_context),
-            plan.context,
-            None,
-        )
-        self.cache.write(latent_frames, latents, kvs)
-        self.cache.advance(self.chunk_frames)
+        x, sigma, text = self.context_call(plan, latents)
+        positions = self._positions(plan.n_context)
+        _, kvs = self.model.dit(x, sigma, text, positions, ctx=plan.context, return_kv=True)
+        self.cache_chunk(latents, kvs)
         t1 = time.perf_counter()
-        state = self._decoder_states.get(plan.chunk)
-        video, state = self.model.vae.decode(latents, state)
+        video, state = self.model.vae.decode(latents, self.decoder_state(plan))
+        frames = self.finish(plan, video, state)
+        self.stats.ms.update(cache=(t1 - t0) * 1e3, decode=(time.perf_counter() - t1) * 1e3)
+        return frames
+
+    # the stages of commit, for the batched executor (memory/batch.py)
+    def context_call(self, plan: ChunkPlan, latents: torch.Tensor):
+        """The model call that gives a finished chunk's keys/values as later chunks see
+        them (at the sampler's context noise, as in training: diffusion forcing):
+        (x, sigma, text); its positions and context are the chunk's own."""
+        head = self.cache.head
+        frames = list(range(head, head + self.chunk_frames))
+        s = torch.full((1, latents.shape[2]), self.model.config.sampler.context_noise)
+        return self._as_context(latents, frames), s, self._text(plan.prompt)
+
+    def cache_chunk(self, latents: torch.Tensor, kvs) -> None:
+        """Write the chunk's latents and per-layer (k, v) at the cache head and advance."""
+        head = self.cache.head
+        self.cache.write(list(range(head, head + self.chunk_frames)), latents, kvs)
+        self.cache.advance(self.chunk_frames)
+
+    def decoder_state(self, plan: ChunkPlan):
+        """The decoder's carry before the chunk (None at a stream's start)."""
+        return self._decoder_states.get(plan.chunk)
+
+    def finish(self, plan: ChunkPlan, video: torch.Tensor, state) -> np.ndarray:
+        """Keep the decoder's carry, count the chunk and prune what a rewind can no longer
+        reach; the chunk's uint8 frames."""
         frames = tensor_to_frames(video)
         self._decoder_states[plan.chunk + 1] = state
         self.chunk_index = max(0, plan.chunk + 1)  # warm-up chunks (< 0) are not counted
@@ -375,8 +393,6 @@ class Stream:
             del self._decoder_states[c]
         self._recached_at = [c for c in self._recached_at if c >= floor]
         self._prune_timeline()
-        t2 = time.perf_counter()
-        self.stats.ms.update(cache=(t1 - t0) * 1e3, decode=(t2 - t1) * 1e3)
         return frames
 
     def _context_kv(self, latents, frames, prompt, positions, ctx, mask):

@@ -139,6 +139,7 @@ class LiveServer:
             cfg.result_queue,
             cfg.torch_threads,
             notify=self._notify,
+            max_batch=cfg.max_batch,
         )
         self.encode_pool = ThreadPoolExecutor(1, thread_name_prefix="endless-encode")
         self.worker.start()

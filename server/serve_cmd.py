@@ -61,6 +61,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=d.torch_threads,
         help="torch threads of the model worker (default %(default)s)",
     )
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=d.max_batch,
+        help="streams whose chunks share one forward pass (default %(default)s; 1: one at a time)",
+    )
     add_dtype_option(p, default=d.dtype)
     add_sampling_options(p)  # for every stream
     p.add_argument("--log-level", default="INFO")
@@ -78,6 +84,7 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         max_streams=args.max_streams,
         grace_seconds=args.grace,
         torch_threads=args.threads,
+        max_batch=args.max_batch,
         dtype=args.dtype,
         **sampling_changes(args),
     )

@@ -81,3 +81,26 @@ def test_a_wrong_batch_would_be_seen():
     plans[0].context, plans[1].context = plans[1].context, plans[0].context
     right = [s.denoise(p) for s, p in zip(streams, plans, strict=True)]
     assert (swapped[0] - right[0]).abs().max() > 1e-3
+
+
+def test_committing_together_continues_each_stream_as_alone():
+    """Streams run a few rounds with the batched executor (denoise and commit) show the
+    frames and hold the caches that the same streams made one by one do."""
+    from memory.batch import commit_together
+
+    model = micro()
+    alone = [Stream(model, p, seed=i) for i, p in enumerate(PROMPTS)]
+    together = [Stream(model, p, seed=i) for i, p in enumerate(PROMPTS)]
+    together[2].next_chunk()  # one stream ahead: its context length differs
+    alone[2].next_chunk()
+    for _ in range(3):
+        expected = [s.next_chunk() for s in alone]
+        jobs = [(s, s.plan()) for s in together]
+        frames = commit_together(jobs, denoise_together(jobs))
+        for a, b in zip(expected, frames, strict=True):
+            assert a.shape == b.shape
+            assert abs(a.astype(int) - b.astype(int)).max() <= 1
+    for a, b in zip(alone, together, strict=True):
+        assert a.chunk_index == b.chunk_index and a.cache.head == b.cache.head
+        assert torch.allclose(a.cache.k, b.cache.k, atol=1e-4)
+        assert torch.allclose(a.cache.latents, b.cache.latents, atol=1e-4)
