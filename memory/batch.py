@@ -15,6 +15,7 @@ its result is what `Stream.denoise` gives it alone (tests/test_batch.py).
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 
 import torch
 
@@ -31,27 +32,39 @@ def batch_key(job: Job) -> tuple:
 
 
 @torch.no_grad()
-def denoise_together(jobs: list[Job]) -> list[torch.Tensor]:
+def denoise_together(
+    jobs: list[Job], stop: Callable[[int], bool] | None = None
+) -> list[torch.Tensor | None]:
     """The denoised latents of each job's chunk, in order: one forward pass per step for
-    each group of jobs with the same `batch_key`."""
+    each group of jobs with the same `batch_key`. `stop(i)`, asked before each step, drops
+    job i there (a prompt switch made its chunk stale): its result is None, and the
+    others go on without it."""
     groups: dict[tuple, list[int]] = defaultdict(list)
     for i, job in enumerate(jobs):
         groups[batch_key(job)].append(i)
     out: list[torch.Tensor | None] = [None] * len(jobs)
     for members in groups.values():
-        for i, latents in zip(members, _denoise_group([jobs[i] for i in members]), strict=True):
+        dropped = None if stop is None else (lambda j, m=members: stop(m[j]))
+        made = _denoise_group([jobs[i] for i in members], dropped)
+        for i, latents in zip(members, made, strict=True):
             out[i] = latents
     return out
 
 
-def _denoise_group(jobs: list[Job]) -> list[torch.Tensor]:
+def _denoise_group(jobs: list[Job], stop: Callable[[int], bool] | None) -> list:
     dit = jobs[0][0].model.dit
     walks = [stream.walk(plan) for stream, plan in jobs]
     inputs = [stream.model_inputs(plan) for stream, plan in jobs]
     calls = [next(w) for w in walks]
     done: list[torch.Tensor | None] = [None] * len(jobs)
+    over = [False] * len(jobs)  # finished, or dropped by `stop`
     contexts = BatchedContexts(inputs)
-    while active := [i for i in range(len(jobs)) if done[i] is None]:
+    while True:
+        for i in range(len(jobs)):
+            if not over[i] and stop is not None and stop(i):
+                over[i] = True
+        if not (active := [i for i in range(len(jobs)) if not over[i]]):
+            return done
         xs = [calls[i][0] for i in active]
         rows = [len(x) for x in xs]
         sigma = torch.cat([inputs[i].sigma(calls[i][0], calls[i][1]) for i in active])
@@ -63,8 +76,7 @@ def _denoise_group(jobs: list[Job]) -> list[torch.Tensor]:
             try:
                 calls[i] = walks[i].send(vi)
             except StopIteration as finished:
-                done[i] = finished.value
-    return done
+                done[i], over[i] = finished.value, True
 
 
 class BatchedContexts:

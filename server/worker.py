@@ -298,9 +298,10 @@ class GenerationWorker:
             if self._superseded(job, k):
                 self.abandoned += 1
                 return
-            latents = stream.denoise(plan)
+            # a switch arriving mid-chunk stops it at the next denoising step
+            latents = denoise_together([(stream, plan)], lambda _: self._superseded(job, k))[0]
             t2 = time.perf_counter()
-            if self._superseded(job, k):
+            if latents is None or self._superseded(job, k):
                 self.busy_seconds += t2 - t0
                 self.abandoned += 1
                 return
@@ -339,9 +340,12 @@ class GenerationWorker:
         if not live:
             return
         try:
-            latents = denoise_together([(j.stream, p) for j, p in live])
+            latents = denoise_together(
+                [(j.stream, p) for j, p in live],
+                lambda i: self._superseded(live[i][0], live[i][1].chunk),
+            )
             t2 = time.perf_counter()
-            keep = self._fresh(live)
+            keep = [i for i in self._fresh(live) if latents[i] is not None]
             kept = [live[i] for i in keep]
             frames = commit_together([(j.stream, p) for j, p in kept], [latents[i] for i in keep])
         except Exception as exc:  # a batch that fails fails its streams; the worker goes on

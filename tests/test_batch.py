@@ -104,3 +104,27 @@ def test_committing_together_continues_each_stream_as_alone():
         assert a.chunk_index == b.chunk_index and a.cache.head == b.cache.head
         assert torch.allclose(a.cache.k, b.cache.k, atol=1e-4)
         assert torch.allclose(a.cache.latents, b.cache.latents, atol=1e-4)
+
+
+def test_a_stopped_chunk_leaves_the_batch_at_the_next_step():
+    """`stop` drops a job before its next denoising step (a switch made it stale): it
+    gets no result, it costs no more model calls, and the others still get theirs."""
+    model = micro()
+    streams = [advance(Stream(model, p, seed=i), 3) for i, p in enumerate(PROMPTS[:2])]
+    jobs = [(s, s.plan()) for s in streams]
+    asked: list[int] = []
+
+    def stop(i: int) -> bool:
+        asked.append(i)
+        return i == 1 and asked.count(1) > 2  # job 1 is stopped before its third step
+
+    calls = []
+    dit = model.dit
+    hook = dit.register_forward_hook(lambda m, a, out: calls.append(a[0].shape[0]))
+    try:
+        out = denoise_together(jobs, stop)
+    finally:
+        hook.remove()
+    assert out[1] is None and torch.allclose(out[0], streams[0].denoise(jobs[0][1]), atol=1e-5)
+    steps = streams[0].steps
+    assert calls == [2, 2] + [1] * (steps - 2)  # two steps together, then job 0 alone
