@@ -55,6 +55,25 @@ def chunk_frames_of(model: VideoModel) -> ChunkFrames:
     return ChunkFrames(model.vae.frames_for(n, not warm), model.vae.frames_for(n, False))
 
 
+@dataclass
+class ModelInputs:
+    """A chunk's model inputs besides its noisy latents and noise level."""
+
+    texts: dict[Cond, torch.Tensor]  # each (1, text_len, text_dim)
+    positions: torch.Tensor  # (F,) rotary time positions of the chunk's latent frames
+    context: AttnContext | None  # the cached context it attends to
+    prev: torch.Tensor | None  # (1, P*C, F, h, w): the DiT's `prev` input, if it takes one
+
+    def sigma(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        return torch.full((x.shape[0], len(self.positions)), sigma)
+
+    def text(self, conds) -> torch.Tensor:
+        return torch.cat([self.texts[c] for c in conds])
+
+    def prev_for(self, x: torch.Tensor) -> torch.Tensor | None:
+        return None if self.prev is None else self.prev.expand(x.shape[0], -1, -1, -1, -1)
+
+
 def chunk_noise(seed: int, chunk: int, shape, dtype) -> torch.Tensor:
     """Noise of a chunk depends on (seed, chunk) only: rewinds regenerate identically."""
     g = torch.Generator().manual_seed((seed * 1_000_003 + chunk * 7919) % (2**63))
@@ -272,25 +291,44 @@ class Stream:
 
     @torch.no_grad()
     def denoise(self, plan: ChunkPlan) -> torch.Tensor:
-        dit = self.model.dit
-        positions = self._positions(plan.n_context)
+        inputs = self.model_inputs(plan)
+        return self._drive(self.walk(plan), inputs)
+
+    def walk(self, plan: ChunkPlan):
+        """The chunk's sampling loop as a generator of model calls (FlowSampler.walk):
+        `denoise` answers them one by one, memory/batch.py several streams' at once."""
+        motion = self.motion_guidance_at(plan.chunk, plan.prompt)
+        guidance = self.guidance_at(plan.chunk)
+        key = (self.seed, plan.chunk)  # fixes the fresh noise of x0_renoise samplers
+        return self.sampler.walk(plan.noise, self.steps, guidance, None, motion, key)
+
+    def model_inputs(self, plan: ChunkPlan) -> ModelInputs:
+        """What the chunk's model calls take besides x and sigma."""
         texts = {
             Cond.PROMPT: self._text(plan.prompt),
             Cond.EMPTY: self._text(plan.prompt, cond=False),
         }
-        motion = self.motion_guidance_at(plan.chunk, plan.prompt)
-        if motion:
+        if plan.prompt.without_motion is not None:
             texts[Cond.NO_MOTION] = plan.prompt.without_motion.unsqueeze(0).to(self.model.dtype)
+        return ModelInputs(texts, self._positions(plan.n_context), plan.context, plan.prev)
 
-        def velocity(x, sigma, conds):
-            s = torch.full((x.shape[0], self.chunk_frames), sigma)
-            text = torch.cat([texts[c] for c in conds])
-            prev = None if plan.prev is None else plan.prev.expand(x.shape[0], -1, -1, -1, -1)
-            return dit(x, s, text, positions, ctx=plan.context, prev=prev)
-
-        guidance = self.guidance_at(plan.chunk)
-        key = (self.seed, plan.chunk)  # fixes the fresh noise of x0_renoise samplers
-        return self.sampler.sample(plan.noise, velocity, self.steps, guidance, None, motion, key)
+    def _drive(self, walk, inputs: ModelInputs) -> torch.Tensor:
+        dit = self.model.dit
+        call = next(walk)
+        while True:
+            x, sigma, conds = call
+            v = dit(
+                x,
+                inputs.sigma(x, sigma),
+                inputs.text(conds),
+                inputs.positions,
+                ctx=inputs.context,
+                prev=inputs.prev_for(x),
+            )
+            try:
+                call = walk.send(v)
+            except StopIteration as done:
+                return done.value
 
     @property
     def steps(self) -> int:
@@ -327,21 +365,39 @@ class Stream:
     def commit(self, plan: ChunkPlan, latents: torch.Tensor) -> np.ndarray:
         """Cache the chunk's keys/values (as context for what follows), then decode it."""
         t0 = time.perf_counter()
-        head = self.cache.head
-        latent_frames = list(range(head, head + self.chunk_frames))
-        kvs = self._context_kv(
-            latents,
-            latent_frames,
-            plan.prompt,
-            self._positions(plan.n_context),
-            plan.context,
-            None,
-        )
-        self.cache.write(latent_frames, latents, kvs)
-        self.cache.advance(self.chunk_frames)
+        x, sigma, text = self.context_call(plan, latents)
+        positions = self._positions(plan.n_context)
+        _, kvs = self.model.dit(x, sigma, text, positions, ctx=plan.context, return_kv=True)
+        self.cache_chunk(latents, kvs)
         t1 = time.perf_counter()
-        state = self._decoder_states.get(plan.chunk)
-        video, state = self.model.vae.decode(latents, state)
+        video, state = self.model.vae.decode(latents, self.decoder_state(plan))
+        frames = self.finish(plan, video, state)
+        self.stats.ms.update(cache=(t1 - t0) * 1e3, decode=(time.perf_counter() - t1) * 1e3)
+        return frames
+
+    # the stages of commit, for the batched executor (memory/batch.py)
+    def context_call(self, plan: ChunkPlan, latents: torch.Tensor):
+        """The model call that gives a finished chunk's keys/values as later chunks see
+        them (at the sampler's context noise, as in training: diffusion forcing):
+        (x, sigma, text); its positions and context are the chunk's own."""
+        head = self.cache.head
+        frames = list(range(head, head + self.chunk_frames))
+        s = torch.full((1, latents.shape[2]), self.model.config.sampler.context_noise)
+        return self._as_context(latents, frames), s, self._text(plan.prompt)
+
+    def cache_chunk(self, latents: torch.Tensor, kvs) -> None:
+        """Write the chunk's latents and per-layer (k, v) at the cache head and advance."""
+        head = self.cache.head
+        self.cache.write(list(range(head, head + self.chunk_frames)), latents, kvs)
+        self.cache.advance(self.chunk_frames)
+
+    def decoder_state(self, plan: ChunkPlan):
+        """The decoder's carry before the chunk (None at a stream's start)."""
+        return self._decoder_states.get(plan.chunk)
+
+    def finish(self, plan: ChunkPlan, video: torch.Tensor, state) -> np.ndarray:
+        """Keep the decoder's carry, count the chunk and prune what a rewind can no longer
+        reach; the chunk's uint8 frames."""
         frames = tensor_to_frames(video)
         self._decoder_states[plan.chunk + 1] = state
         self.chunk_index = max(0, plan.chunk + 1)  # warm-up chunks (< 0) are not counted
@@ -350,8 +406,6 @@ class Stream:
             del self._decoder_states[c]
         self._recached_at = [c for c in self._recached_at if c >= floor]
         self._prune_timeline()
-        t2 = time.perf_counter()
-        self.stats.ms.update(cache=(t1 - t0) * 1e3, decode=(t2 - t1) * 1e3)
         return frames
 
     def _context_kv(self, latents, frames, prompt, positions, ctx, mask):

@@ -12,7 +12,7 @@ the result. Their timesteps index a shifted 1000-step training schedule (`traini
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from enum import StrEnum
 
 import torch
@@ -72,6 +72,9 @@ class Cond(StrEnum):
     NO_MOTION = "no_motion"  # the prompt with its motion left unsaid (motion guidance)
 
 
+ModelCall = tuple[torch.Tensor, float, tuple[Cond, ...]]  # (x, sigma, conds) of one step
+
+
 class FlowSampler:
     """Denoise one chunk with `velocity(x, sigma, conds)`, the model call.
 
@@ -94,41 +97,62 @@ class FlowSampler:
         motion_guidance: float | None = None,
         key: tuple[int, int] | None = None,
     ) -> torch.Tensor:
-        """Denoise `noise` (the chunk at sigma 1). `key` = (seed, chunk) fixes the fresh
-        noise of the x0_renoise mode (required there)."""
+        """Denoise `noise` (the chunk at sigma 1), calling `velocity` once a step (see
+        `walk`). `key` = (seed, chunk) fixes the fresh noise of the x0_renoise mode."""
+        walk = self.walk(noise, steps, guidance, interval, motion_guidance, key)
+        call = next(walk)
+        while True:
+            try:
+                call = walk.send(velocity(*call))
+            except StopIteration as done:
+                return done.value
+
+    def walk(
+        self,
+        noise: torch.Tensor,
+        steps: int | None = None,
+        guidance: float | None = None,
+        interval: tuple[float, float] | None = None,
+        motion_guidance: float | None = None,
+        key: tuple[int, int] | None = None,
+    ) -> Generator[ModelCall, torch.Tensor, torch.Tensor]:
+        """The sampling loop as a generator: it yields each step's model call
+        `(x, sigma, conds)`, is sent back that call's velocity, and returns the sample.
+        `sample` answers one call at a time; memory/batch.py walks several streams in
+        lockstep and answers all their calls with one batched forward pass."""
         steps = steps or self.cfg.steps
         guidance = self.cfg.guidance if guidance is None else guidance
         lo, hi = self.cfg.guidance_interval if interval is None else interval
         motion = self.cfg.motion_guidance if motion_guidance is None else motion_guidance
 
-        def guided(x, s):
-            return self._velocity(x, s, velocity, guidance, (lo, hi), motion)
+        def guided(x, s):  # a generator: yields the call, returns the guided velocity
+            return self._velocity(x, s, guidance, (lo, hi), motion)
 
         if self.cfg.mode == "x0_renoise":
             if key is None:
                 raise ValueError("the x0_renoise sampler needs key=(seed, chunk)")
-            return self._x0_renoise(noise, guided, x0_levels(self.cfg, steps), key)
+            return (yield from self._x0_renoise(noise, guided, x0_levels(self.cfg, steps), key))
         sched = sigmas(steps, self.cfg.shift).tolist()
         x = noise
         for s, s_next in zip(sched[:-1], sched[1:], strict=True):
-            x = x + (s_next - s) * guided(x, s)
+            x = x + (s_next - s) * (yield from guided(x, s))
         return x
 
     @staticmethod
-    def _x0_renoise(noise, guided, levels, key) -> torch.Tensor:
+    def _x0_renoise(noise, guided, levels, key):
         """x0 at each level, noised again with fresh noise to the next; the last x0."""
         x = noise
         for i, (told, s) in enumerate(levels):
-            x0 = x - s * guided(x, told)
+            x0 = x - s * (yield from guided(x, told))
             if i + 1 == len(levels):
                 return x0
             s_next = levels[i + 1][1]
             x = (1 - s_next) * x0 + s_next * step_noise(key, i + 1, x0)
         raise AssertionError("no levels")
 
-    def _velocity(self, x, s, velocity, guidance, interval, motion) -> torch.Tensor:
+    def _velocity(self, x, s, guidance, interval, motion):
         """The step's velocity at level s: the prompt's, with CFG and motion guidance where
-        they apply, the passes run as one batch."""
+        they apply, the passes asked for as one batched model call (yielded)."""
         lo, hi = interval
         conds = [Cond.PROMPT]
         if guidance != 1.0 and lo <= s <= hi:
@@ -136,7 +160,8 @@ class FlowSampler:
         if motion and s >= self.cfg.motion_guidance_from:
             conds.append(Cond.NO_MOTION)
         batch = x if len(conds) == 1 else torch.cat([x] * len(conds))
-        vs = dict(zip(conds, velocity(batch, s, tuple(conds)).chunk(len(conds)), strict=True))
+        out = yield batch, s, tuple(conds)
+        vs = dict(zip(conds, out.chunk(len(conds)), strict=True))
         v = vs[Cond.PROMPT]
         if Cond.EMPTY in vs:
             v = vs[Cond.EMPTY] + guidance * (vs[Cond.PROMPT] - vs[Cond.EMPTY])

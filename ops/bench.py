@@ -3,6 +3,7 @@
     .venv/bin/python ops/bench.py                 # tiny preset, 30 minutes of video
     .venv/bin/python ops/bench.py --minutes 2     # quicker
     .venv/bin/python ops/bench.py --minutes 2 --guidance 3   # the cost of CFG (batch of 2)
+    .venv/bin/python ops/bench.py --minutes 1 --batches 1 2 4 8   # batched-step chunks/s
 
 Prints medians over all chunks, and over the guided chunks after each start and switch
 (what a prompt switch waits for) and the others; RSS and cache bytes at minute 1 and at
@@ -62,6 +63,20 @@ def denoise_flops(stream: Stream) -> float:
     return counter.get_total_flops()
 
 
+def batched_throughput(model: VideoModel, sizes: list[int], rounds: int = 4) -> dict:
+    """Chunks/s of the batched step (memory/batch.py) at each batch size, beside the same
+    streams made one at a time, measured in this run (medians of `rounds` rounds)."""
+    from bench_batch import batched, one_by_one, round_times
+
+    out = {}
+    for n in sizes:
+        seq = statistics.median(round_times(model, n, one_by_one, rounds, warm=3))
+        bat = statistics.median(round_times(model, n, batched, rounds, warm=3))
+        out[n] = {"one_at_a_time": round(n / seq, 2), "batched": round(n / bat, 2)}
+        print(f"batch {n}: {n / seq:.2f} chunks/s one at a time, {n / bat:.2f} batched", flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=30.0, help="minutes of video to generate")
@@ -70,6 +85,14 @@ def main() -> None:
     ap.add_argument("--switch-every", type=float, default=20.0, help="seconds between prompts")
     add_sampling_options(ap)
     add_dtype_option(ap)
+    ap.add_argument(
+        "--batches",
+        type=int,
+        nargs="*",
+        default=[1, 2, 4, 8],
+        help="batch sizes whose batched-step throughput is measured beside one-at-a-time "
+        "(ops/bench_batch.py; none: skip)",
+    )
     ap.add_argument("--json", help="write the figures here too")
     args = ap.parse_args()
     if args.minutes < 1:
@@ -140,6 +163,8 @@ def main() -> None:
         "bf16_matmul_peak_gflops": round(peak, 1),
         "fp32_matmul_peak_gflops": round(peak_fp32, 1),
     }
+    if args.batches:
+        result["batched_chunks_per_s"] = batched_throughput(model, args.batches)
     print(json.dumps(result, indent=2))
     if args.json:
         with open(args.json, "w") as f:

@@ -222,6 +222,7 @@ class LiveServer:
             cfg.torch_threads,
             notify=self._notify,
             mark=self.marker.mark if self.marker is not None else None,
+            max_batch=cfg.max_batch,
         )
         self.encode_pool = ThreadPoolExecutor(1, thread_name_prefix="endless-encode")
         self.ice_addresses = await offered_addresses(cfg.host, cfg.ice_addresses)

@@ -54,6 +54,7 @@ class ServerConfig:
     outbox_queue: int = 256  # events waiting for one websocket; when full stats are dropped
     stats_seconds: float = 1.0  # how often stats events are pushed
     torch_threads: int = 1  # intra-op threads of the one model worker
+    max_batch: int = 4  # streams whose chunks share one forward pass (1: one at a time)
     dtype: str = "auto"  # "auto" (bf16 on a GPU or an AMX CPU, else fp32), "bf16" or "fp32"
     connect_timeout: float = 20.0  # a viewer that has not connected by then is dropped
     # Sampling of every stream; None keeps the model's own (its checkpoint's) setting.
@@ -92,6 +93,8 @@ class ServerConfig:
             raise ConfigError("ahead_chunks must be at least 1", value=self.ahead_chunks)
         if self.bitrate <= 0 or self.keyframe_seconds <= 0:
             raise ConfigError("bitrate and keyframe_seconds must be positive")
+        if self.max_batch < 1:
+            raise ConfigError("max_batch must be at least 1", value=self.max_batch)
         if self.torch_threads < 1:
             raise ConfigError("torch_threads must be at least 1", value=self.torch_threads)
         if self.dtype not in DTYPE_CHOICES:

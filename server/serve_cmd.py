@@ -108,6 +108,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--osc-host", default=None, help="interface for OSC (default: the server's --host)"
     )
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=d.max_batch,
+        help="streams whose chunks share one forward pass (default %(default)s; 1: one at a time)",
+    )
     add_dtype_option(p, default=d.dtype)
     add_sampling_options(p)  # for every stream
     add_provenance_options(p)
@@ -142,6 +148,7 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         max_streams_per_key=args.max_streams_per_key,
         grace_seconds=args.grace,
         torch_threads=args.threads,
+        max_batch=args.max_batch,
         dtype=args.dtype,
         watermark=args.watermark,
         server_name=args.server_name,

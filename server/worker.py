@@ -28,7 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from memory.stream import Stream
+from memory.batch import commit_together, denoise_together
+from memory.stream import ChunkPlan, Stream
 from model.bundle import VideoModel
 from model.chunk_frames import ChunkFrames
 from model.errors import EndlessError
@@ -95,6 +96,20 @@ class _Job:
         return self.plan[max(i, 0)][1]
 
 
+def pick_batch(jobs: list[_Job], ahead: int, turn: int, size: int) -> list[_Job]:
+    """Scheduler: up to `size` runnable jobs, fewest chunks ready first (ties in turn
+    order), so a stream that fell behind or was just switched goes to the front."""
+    n = len(jobs)
+    runnable = []
+    for j in range(n):
+        job = jobs[(turn + j) % n]
+        ready = job.stream.chunk_index - job.play_chunk
+        if ready <= ahead:  # it may generate chunks < play_chunk + 1 + ahead
+            runnable.append((ready, j, job))
+    runnable.sort(key=lambda r: (r[0], r[1]))
+    return [job for _, _, job in runnable[:size]]
+
+
 def pick(jobs: list[_Job], ahead: int, turn: int) -> _Job | None:
     """Scheduler: the runnable job with the fewest chunks ready; ties go in turn order."""
     best, best_key = None, None
@@ -119,10 +134,12 @@ class GenerationWorker:
         torch_threads: int,
         notify: Callable[[], None],
         mark: Callable[[str, np.ndarray], np.ndarray] | None = None,
+        max_batch: int = 1,
     ):
         self.model = model
         self.ahead = ahead_chunks
         self.torch_threads = torch_threads
+        self.max_batch = max_batch  # streams whose chunks share one forward pass
         self.commands: queue.Queue = queue.Queue(maxsize=command_queue)
         self.results: queue.Queue[Result] = queue.Queue(maxsize=result_queue)
         self._notify = notify  # called (from the worker thread) after each result
@@ -198,12 +215,15 @@ class GenerationWorker:
                 self._wake.clear()
                 self._take_progress()
                 self._take_commands()
-                job = pick(self._jobs, self.ahead, self._turn)
-                if job is None:
+                batch = pick_batch(self._jobs, self.ahead, self._turn, self.max_batch)
+                if not batch:
                     self._wake.wait(0.5)
                     continue
-                self._turn = (self._jobs.index(job) + 1) % len(self._jobs)
-                self._generate(job)
+                self._turn = (self._jobs.index(batch[0]) + 1) % len(self._jobs)
+                if len(batch) == 1:
+                    self._generate(batch[0])
+                else:
+                    self._generate_batch(batch)
 
     def _take_progress(self) -> None:
         with self._lock:
@@ -292,9 +312,10 @@ class GenerationWorker:
             if self._superseded(job, k):
                 self.abandoned += 1
                 return
-            latents = stream.denoise(plan)
+            # a switch arriving mid-chunk stops it at the next denoising step
+            latents = denoise_together([(stream, plan)], lambda _: self._superseded(job, k))[0]
             t2 = time.perf_counter()
-            if self._superseded(job, k):
+            if latents is None or self._superseded(job, k):
                 self.busy_seconds += t2 - t0
                 self.abandoned += 1
                 return
@@ -314,6 +335,64 @@ class GenerationWorker:
         if self._mark is not None:
             ms["mark"] = (t3 - tm) * 1e3
         self._put(ChunkReady(job.stream_id, Chunk(k, job.epoch, frames), ms, stream.cache.nbytes))
+
+    def _generate_batch(self, jobs: list[_Job]) -> None:
+        """One chunk for each job, their denoise and commit stages batched (memory/batch.py).
+        Streams still warming up make their warm-up chunk alone; a chunk a plan change made
+        stale is dropped before the next stage, as in `_generate`."""
+        for job in [j for j in jobs if j.stream.warming]:
+            self._generate(job)
+        t0 = time.perf_counter()
+        live: list[tuple[_Job, ChunkPlan]] = []
+        for job in jobs:
+            if job.stream.warming or not any(job is j for j in self._jobs):
+                continue
+            try:
+                k = job.stream.chunk_index
+                if job.stream.prompt_for(k) != (want := job.prompt_at(k)):
+                    job.stream.set_prompt(want, at_chunk=k)
+                live.append((job, job.stream.plan()))
+            except Exception as exc:
+                self._drop(job, exc)
+        t1 = time.perf_counter()
+        live = [live[i] for i in self._fresh(live)]
+        if not live:
+            return
+        try:
+            latents = denoise_together(
+                [(j.stream, p) for j, p in live],
+                lambda i: self._superseded(live[i][0], live[i][1].chunk),
+            )
+            t2 = time.perf_counter()
+            keep = [i for i in self._fresh(live) if latents[i] is not None]
+            kept = [live[i] for i in keep]
+            frames = commit_together([(j.stream, p) for j, p in kept], [latents[i] for i in keep])
+        except Exception as exc:  # a batch that fails fails its streams; the worker goes on
+            for job, _ in live:
+                self._drop(job, exc)
+            return
+        t3 = time.perf_counter()
+        self.busy_seconds += t3 - t0
+        share = 1e3 / len(live)  # each stream's share of the batch's time, in ms
+        for (job, plan), f in zip(kept, frames, strict=True):
+            if self._mark is not None:
+                f = self._mark(job.stream_id, f)
+            ms = dict(job.stream.stats.ms)
+            ms.update(plan=(t1 - t0) * share, denoise=(t2 - t1) * share, total=(t3 - t0) * share)
+            ms["batch"] = len(live)
+            chunk = Chunk(plan.chunk, job.epoch, f)
+            self._put(ChunkReady(job.stream_id, chunk, ms, job.stream.cache.nbytes))
+
+    def _fresh(self, items: list[tuple[_Job, ChunkPlan]]) -> list[int]:
+        """Indices of the items no waiting plan change has made stale (the rest counted)."""
+        keep = [i for i, (job, plan) in enumerate(items) if not self._superseded(job, plan.chunk)]
+        self.abandoned += len(items) - len(keep)
+        return keep
+
+    def _drop(self, job: _Job, exc: Exception) -> None:
+        log.error("model worker: stream %s failed", job.stream_id, exc_info=exc)
+        self._jobs = [j for j in self._jobs if j is not job]
+        self._fail(job.stream_id, exc)
 
     def _fail(self, stream_id: str, exc: Exception) -> None:
         code = exc.code if isinstance(exc, EndlessError) else "internal"

@@ -131,3 +131,49 @@ def test_a_warm_stream_is_warmed_a_chunk_a_turn_and_shows_what_offline_shows(tin
         tiny_model.with_sampler(warmup_chunks=0)
     assert [r.chunk.index for r in got] == [0, 1]
     assert all(np.array_equal(r.chunk.frames, e) for r, e in zip(got, expected, strict=True))
+
+
+def test_a_batching_worker_gives_each_stream_its_offline_frames_and_switches_exactly(
+    tiny_model,
+):
+    """With max_batch 3, three streams' chunks are made in shared forward passes (the
+    chunk timings say so), each stream's frames equal its offline Stream's, and a switch
+    on one of them regenerates from its chunk like offline."""
+    prompts = {"a": A, "b": B, "c": "a big yellow triangle circling in the desert"}
+    worker = GenerationWorker(tiny_model, 1, 16, 32, 1, notify=lambda: None, max_batch=3)
+    worker.start()
+    got: dict[str, dict[int, np.ndarray]] = {k: {} for k in prompts}
+    batched = 0
+    try:
+        for i, (k, p) in enumerate(prompts.items()):
+            assert worker.submit(OpenStream(k, p, i))
+        plays = {k: Playout(p, 12, 24, ahead_chunks=1) for k, p in prompts.items()}
+        switched = False
+        deadline = time.monotonic() + timeout(60)
+        while any(len(g) < 4 for g in got.values()) and time.monotonic() < deadline:
+            r = next_result(worker, 30)
+            if isinstance(r, StreamOpened):
+                continue
+            assert isinstance(r, ChunkReady)
+            if not plays[r.stream_id].accept(r.chunk):
+                continue
+            got[r.stream_id][r.chunk.index] = r.chunk.frames
+            batched += r.ms.get("batch", 1) > 1
+            if r.stream_id == "b" and r.chunk.index == 1 and not switched:
+                plays["b"].step()
+                _, change = plays["b"].set_prompt(A)
+                assert change.rewind_to == 1
+                got["b"].pop(1)
+                assert worker.submit(ChangePlan("b", change))
+                switched = True
+            worker.set_progress(r.stream_id, max(got[r.stream_id]))
+    finally:
+        assert worker.stop(timeout(10))
+    assert switched and batched > 0
+    for i, (k, p) in enumerate(prompts.items()):
+        offline = Stream(tiny_model, p, seed=i)
+        for c in range(4):
+            if k == "b" and c == 1:
+                offline.set_prompt(A, at_chunk=1)
+            expected = offline.next_chunk()
+            assert np.abs(got[k][c].astype(int) - expected.astype(int)).max() <= 1, (k, c)
