@@ -2,8 +2,12 @@
 (/ the browser viewer, /metrics, /healthz) answered from websockets' `process_request`.
 
 Everything hangs off the LiveServer object: two servers can run in one process.
-Shutdown order: stop accepting, end streams (closing peers), close websockets, stop the
-model worker (with a timeout), drop what is left in the encoder thread.
+The model runs in a supervised engine process (server.engine_process); the server keeps
+each stream's latest snapshots and re-opens its streams from them when the engine restarts.
+Shutdown order (`close`): stop accepting, tell clients (`shutting_down`), save the streams'
+state (with a state directory) and run the shutdown hooks (recordings), end streams
+(closing peers), close websockets (aborting those that do not read), stop the engine
+(with a timeout), drop what is left in the encoder thread.
 """
 
 from __future__ import annotations
@@ -32,10 +36,21 @@ from model.precision import dtype_name, resolve_dtype
 from model.tinyworld.spec import FILLER, VOCAB
 from server import protocol
 from server.config import CODECS, ServerConfig
+from server.engine import (
+    STATES,
+    ChunkReady,
+    Engine,
+    EngineRestarted,
+    EngineStateChanged,
+    OpenStream,
+    StreamFailed,
+    StreamOpened,
+)
+from server.engine_child import EngineParams, ModelSource
+from server.engine_process import ProcessEngine
 from server.live import LiveStream
 from server.metrics import Metrics
 from server.protocol import field, request_error
-from server.worker import ChunkReady, GenerationWorker, OpenStream, StreamFailed, StreamOpened
 
 log = logging.getLogger(__name__)
 DEFAULT_PROMPT = "a big red circle bouncing over the ocean"
@@ -113,7 +128,9 @@ class LiveServer:
         self.connections: set[Connection] = set()
         self.static = static_dir()
         self.port: int | None = None
-        self.worker: GenerationWorker | None = None
+        self.engine: Engine | None = None
+        self.shutdown_hooks: list = []  # async callables run at shutdown (recordings)
+        self.shutting_down = False
         self.encode_pool: ThreadPoolExecutor | None = None
         # streams asked of the worker, not opened yet: id -> (creator's future, prompt, seed)
         self._opening: dict[str, tuple[asyncio.Future[LiveStream], str, int]] = {}
@@ -128,23 +145,23 @@ class LiveServer:
         self._loop = loop = asyncio.get_running_loop()
         if self.model is None:
             self.model = await loop.run_in_executor(None, load_model, cfg.model, cfg.dtype)
+            source = ModelSource(cfg.model, cfg.dtype)
+        else:  # a model built here (tests): the engine gets a copy of it
+            source = await loop.run_in_executor(None, ModelSource.of, self.model)
         self.model.with_sampler(**cfg.sampler_changes())
         rewind = self.model.config.stream.rewind_chunks
         if cfg.ahead_chunks + 1 > rewind:
             raise request_error("bad_config", f"ahead_chunks must be below {rewind}")
-        self.worker = GenerationWorker(
-            self.model,
-            cfg.ahead_chunks,
-            cfg.command_queue,
-            cfg.result_queue,
-            cfg.torch_threads,
-            notify=self._notify,
-        )
+        self.engine = self.make_engine(source)
         self.encode_pool = ThreadPoolExecutor(1, thread_name_prefix="endless-encode")
-        self.worker.start()
         m = self.metrics
-        m.watch_queue("commands", self.worker.commands.qsize)
-        m.watch_queue("results", self.worker.results.qsize)
+        for state in STATES:
+            m.engine_state.labels(state).set_function(lambda s=state: float(self.state == s))
+        for name in ("commands", "results"):
+            m.watch_queue(name, lambda n=name: self.engine.queue_depths().get(n, 0))
+        await self.engine.start()
+        if self.engine.state == "failed":
+            raise request_error("engine_failed", f"the engine did not start: {self.engine_reason}")
         m.watch_queue(
             "buffered_frames", lambda: sum(s.playout.buffered_frames for s in self.streams.values())
         )
@@ -162,6 +179,42 @@ class LiveServer:
         self.port = self._ws_server.sockets[0].getsockname()[1]
         self.ready.set()
         return self
+
+    def make_engine(self, source: ModelSource) -> Engine:
+        cfg, sc = self.config, self.model.config.stream
+        params = EngineParams(
+            cfg.ahead_chunks,
+            cfg.command_queue,
+            cfg.result_queue,
+            cfg.torch_threads,
+            cfg.sampler_changes(),
+            logging.getLogger().getEffectiveLevel(),
+        )
+        fpc = sc.chunk_latent_frames * self.model.config.vae.time_stride
+        return ProcessEngine(
+            source,
+            params,
+            self._notify,
+            slot_bytes=fpc * sc.height * sc.width * 3,
+            max_deaths=cfg.engine_max_deaths,
+            quick_seconds=cfg.engine_quick_seconds,
+        )
+
+    @property
+    def state(self) -> str:
+        """The engine's health state (server.engine.STATES)."""
+        return "loading" if self.engine is None else self.engine.state
+
+    @property
+    def engine_reason(self) -> str:
+        return getattr(self.engine, "last_reason", "")
+
+    def check_engine(self) -> None:
+        """Raise the error a request gets when the engine cannot take a command now."""
+        if self.state == "failed":
+            raise request_error("unavailable", "the model engine has failed; see /healthz")
+        if not self.engine.can_submit():
+            raise request_error("busy", "the model worker is busy; try again shortly")
 
     @property
     def url(self) -> str:
@@ -186,10 +239,9 @@ class LiveServer:
                 await asyncio.wait_for(self._ws_server.wait_closed(), timeout)
             except TimeoutError:
                 log.warning("websocket handlers did not finish in %.1fs", timeout)
-        if self.worker is not None:  # 4. stop the model worker
-            loop = asyncio.get_running_loop()
-            if not await loop.run_in_executor(None, self.worker.stop, timeout):
-                log.warning("the model worker did not stop in %.1fs", timeout)
+        if self.engine is not None:  # 4. stop the engine
+            if not await self.engine.stop(timeout):
+                log.warning("the engine did not stop in %.1fs", timeout)
         if self.encode_pool is not None:  # 5. cancel the rest
             self.encode_pool.shutdown(wait=False, cancel_futures=True)
 
@@ -207,8 +259,12 @@ class LiveServer:
             pass
 
     def _drain_results(self) -> None:
-        for result in self.worker.drain():
-            if isinstance(result, StreamOpened):
+        for result in self.engine.drain():
+            if isinstance(result, EngineStateChanged):
+                self._engine_state(result)
+            elif isinstance(result, EngineRestarted):
+                self._engine_restarted(result)
+            elif isinstance(result, StreamOpened):
                 self._opened(result)
             elif isinstance(result, ChunkReady):
                 stream = self.streams.get(result.stream_id)
@@ -222,10 +278,38 @@ class LiveServer:
                     log.error("stream %s failed: %s", stream.id, result.message)
                     self.end_stream(stream, "failed")
 
+    def _engine_state(self, change: EngineStateChanged) -> None:
+        if change.state == "failed":  # no engine will come back: end what waits on it
+            for stream in list(self.streams.values()):
+                self.end_stream(stream, "failed")
+            for fut, _, _ in self._opening.values():
+                if not fut.done():
+                    fut.set_exception(request_error("unavailable", "the model engine failed"))
+
+    def _engine_restarted(self, info: EngineRestarted) -> None:
+        """A new engine holds no stream: re-open each from its snapshot, and the streams
+        still being created as they were asked for."""
+        self.metrics.engine_restarts.inc()
+        for stream in list(self.streams.values()):
+            if stream.id in info.crashed:
+                stream.engine_crashes += 1
+                if stream.engine_crashes >= 2:  # it brings the engine down: not again
+                    log.error("stream %s crashed the engine twice: ending it", stream.id)
+                    self.end_stream(stream, "failed")
+                    continue
+            if not self.engine.submit(stream.restore_command()):
+                log.error("stream %s could not be restored: the engine is busy", stream.id)
+                self.end_stream(stream, "failed")
+        for stream_id, (_, prompt, seed) in self._opening.items():
+            self.engine.submit(OpenStream(stream_id, prompt, seed))
+
     def _opened(self, info: StreamOpened) -> None:
+        if (live := self.streams.get(info.stream_id)) is not None:
+            live.on_restored(info)  # a restore after an engine restart
+            return
         fut, prompt, seed = self._opening.pop(info.stream_id, (None, "", 0))
         if fut is None or fut.done():  # the creator gave up: free the model's stream
-            self.worker.close_stream(info.stream_id)
+            self.engine.close_stream(info.stream_id)
             return
         stream = LiveStream(self, info.stream_id, prompt, seed, info)
         self.streams[stream.id] = stream
@@ -251,8 +335,7 @@ class LiveServer:
         if path == "/metrics":
             return _response(200, self.metrics.render(), self.metrics.content_type)
         if path == "/healthz":
-            ok = self.ready.is_set() and self.worker is not None and self.worker.alive
-            return _response(200 if ok else 503, b"ok\n" if ok else b"unavailable\n", "text/plain")
+            return self._healthz(request)
         if path == "/favicon.ico":
             return _response(204, b"", "image/x-icon")
         name = "index.html" if path == "/" else path.lstrip("/")
@@ -261,6 +344,21 @@ class LiveServer:
             return _response(404, b"not found\n", "text/plain")
         kind = mimetypes.guess_type(name)[0] or "application/octet-stream"
         return _response(200, file.read_bytes(), kind + "; charset=utf-8")
+
+    def _healthz(self, request: Request) -> Response:
+        """200 only when ready; the state in the body (JSON if asked for)."""
+        state = self.state if self.ready.is_set() or self.state == "failed" else "loading"
+        status = 200 if state == "ready" else 503
+        query = request.path.partition("?")[2]
+        if "json" in request.headers.get("Accept", "") or "format=json" in query:
+            body = {
+                "state": state,
+                "restarts": getattr(self.engine, "restarts", 0),
+                "reason": self.engine_reason if state != "ready" else "",
+                "streams": len(self.streams),
+            }
+            return _response(status, json.dumps(body).encode() + b"\n", "application/json")
+        return _response(status, state.encode() + b"\n", "text/plain")
 
     # -- websocket --------------------------------------------------------------------------------
     async def _handle(self, ws: ServerConnection) -> None:
@@ -383,7 +481,8 @@ class LiveServer:
             )
         stream_id = secrets.token_hex(4)
         fut = asyncio.get_running_loop().create_future()
-        if not self.worker.submit(OpenStream(stream_id, prompt, seed)):
+        self.check_engine()
+        if not self.engine.submit(OpenStream(stream_id, prompt, seed)):
             raise request_error("busy", "the model worker is busy; try again shortly")
         self._opening[stream_id] = (fut, prompt, seed)
         try:
