@@ -356,6 +356,7 @@ class LiveServer:
                 "restarts": getattr(self.engine, "restarts", 0),
                 "reason": self.engine_reason if state != "ready" else "",
                 "streams": len(self.streams),
+                "engine_pid": getattr(self.engine, "pid", None),
             }
             return _response(status, json.dumps(body).encode() + b"\n", "application/json")
         return _response(status, state.encode() + b"\n", "text/plain")

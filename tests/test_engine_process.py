@@ -146,6 +146,7 @@ async def test_an_exception_or_out_of_memory_in_the_engine_restarts_it(live_serv
         "restarts": 1,
         "reason": "",
         "streams": 1,
+        "engine_pid": server.engine.pid,
     }
     metrics = server.metrics.render().decode()
     assert 'endless_engine_state{state="ready"} 1.0' in metrics
