@@ -51,6 +51,7 @@ from server.engine_process import ProcessEngine
 from server.live import LiveStream
 from server.metrics import Metrics
 from server.protocol import field, request_error
+from server.state_keeper import StateKeeper
 
 log = logging.getLogger(__name__)
 DEFAULT_PROMPT = "a big red circle bouncing over the ocean"
@@ -130,6 +131,7 @@ class LiveServer:
         self.port: int | None = None
         self.engine: Engine | None = None
         self.shutdown_hooks: list = []  # async callables run at shutdown (recordings)
+        self.state_keeper: StateKeeper | None = None
         self.shutting_down = False
         self.encode_pool: ThreadPoolExecutor | None = None
         # streams asked of the worker, not opened yet: id -> (creator's future, prompt, seed)
@@ -162,6 +164,9 @@ class LiveServer:
         await self.engine.start()
         if self.engine.state == "failed":
             raise request_error("engine_failed", f"the engine did not start: {self.engine_reason}")
+        if cfg.state_dir is not None:
+            self.state_keeper = StateKeeper(self, cfg.state_dir)
+            self.state_keeper.resume_all()
         m.watch_queue(
             "buffered_frames", lambda: sum(s.playout.buffered_frames for s in self.streams.values())
         )
@@ -175,6 +180,7 @@ class LiveServer:
             max_size=cfg.hard_message_bytes,
             ping_interval=20,
             ping_timeout=20,
+            close_timeout=1.0,
         )
         self.port = self._ws_server.sockets[0].getsockname()[1]
         self.ready.set()
@@ -225,25 +231,58 @@ class LiveServer:
     def ws_url(self) -> str:
         return self.url.replace("http://", "ws://") + "ws"
 
-    async def close(self, timeout: float = 5.0) -> None:
+    async def close(self, timeout: float | None = None) -> None:
+        """Shut down within `timeout` (config.shutdown_seconds) however clients behave."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + (self.config.shutdown_seconds if timeout is None else timeout)
+
+        def left(most: float = 60.0) -> float:
+            return max(0.05, min(most, end - loop.time()))
+
+        self.shutting_down = True
         if self._ws_server is not None:
             self._ws_server.close(close_connections=False)  # 1. stop accepting
-        for stream in list(self.streams.values()):  # 2. end streams, closing peers
+        for conn in list(self.connections):  # 2. tell clients
+            conn.send({"type": "shutting_down", "reason": "server_shutdown"})
+        if self.state_keeper is not None:  # 3. snapshots, recordings
+            await self.state_keeper.close(left() / 2)
+        for hook in list(self.shutdown_hooks):
+            try:
+                await asyncio.wait_for(hook(), left() / 2)
+            except Exception:
+                log.exception("a shutdown hook failed")
+        for stream in list(self.streams.values()):  # 4. end streams, closing peers
             self.end_stream(stream, "server_shutdown")
         if self._closing:
-            await asyncio.wait(list(self._closing), timeout=timeout)
-        for conn in list(self.connections):  # 3. close websockets
-            await conn.ws.close(1001, "server shutting down")
+            await asyncio.wait(list(self._closing), timeout=left() / 2)
+        await self._close_connections(left(1.0))  # 5. close websockets
         if self._ws_server is not None:
             try:
-                await asyncio.wait_for(self._ws_server.wait_closed(), timeout)
+                await asyncio.wait_for(self._ws_server.wait_closed(), left())
             except TimeoutError:
-                log.warning("websocket handlers did not finish in %.1fs", timeout)
-        if self.engine is not None:  # 4. stop the engine
-            if not await self.engine.stop(timeout):
-                log.warning("the engine did not stop in %.1fs", timeout)
-        if self.encode_pool is not None:  # 5. cancel the rest
+                log.warning("websocket handlers did not finish in time")
+        if self.engine is not None:  # 6. stop the engine
+            if not await self.engine.stop(left()):
+                log.warning("the engine did not stop in time")
+        if self.encode_pool is not None:  # 7. cancel the rest
             self.encode_pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _close_connections(self, timeout: float) -> None:
+        """Close every websocket (1001); abort those whose close does not finish in time
+        (a client that stopped reading has a full socket: its close frame cannot go out)."""
+        flush_until = asyncio.get_running_loop().time() + min(0.3, timeout / 2)
+        while any(c.outbox.qsize() for c in self.connections if not c.closed):  # events first
+            if asyncio.get_running_loop().time() > flush_until:
+                break
+            await asyncio.sleep(0.01)
+        conns = list(self.connections)
+        tasks = [asyncio.ensure_future(c.ws.close(1001, "server shutting down")) for c in conns]
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+        for conn, task in zip(conns, tasks, strict=True):
+            if not task.done():
+                task.cancel()
+                conn.ws.transport.abort()
 
     async def __aenter__(self) -> LiveServer:
         return await self.start()
@@ -322,6 +361,8 @@ class LiveServer:
             return None
         del self.streams[stream.id]
         self.metrics.streams.dec()
+        if self.state_keeper is not None and not self.shutting_down:
+            self.state_keeper.forget(stream.id)
         task = asyncio.get_running_loop().create_task(stream.close(reason))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)

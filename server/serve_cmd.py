@@ -1,10 +1,12 @@
-"""`endless serve`: run the live server (websocket control + WebRTC video) until Ctrl-C."""
+"""`endless serve`: run the live server (websocket control + WebRTC video) until Ctrl-C
+or SIGTERM (a clean shutdown within 5 s; a second signal exits at once)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import os
 import signal
 
 import uvloop
@@ -63,6 +65,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     add_dtype_option(p, default=d.dtype)
     add_sampling_options(p)  # for every stream
+    p.add_argument(
+        "--state-dir",
+        default=None,
+        help="keep each stream's state here (every few seconds and at shutdown); a server "
+        "started again on it brings the streams back",
+    )
     p.add_argument("--log-level", default="INFO")
 
 
@@ -79,6 +87,7 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         grace_seconds=args.grace,
         torch_threads=args.threads,
         dtype=args.dtype,
+        state_dir=args.state_dir,
         **sampling_changes(args),
     )
 
@@ -92,8 +101,15 @@ async def serve(config: ServerConfig) -> None:
     print(f"endless: open {server.url} in a browser; metrics at {server.url}metrics", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():  # a second signal: exit at once
+            print("endless: second signal: exiting now", flush=True)
+            os._exit(130)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     try:
         await stop.wait()
     finally:
