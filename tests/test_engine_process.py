@@ -21,6 +21,7 @@ from model.bundle import VideoModel
 from model.tinyworld.steadiness import object_track
 
 A = "a big red circle bouncing over the ocean"
+B = "a small blue square moving left in the snow"
 RESUME_SECONDS = 10.0  # a viewer gets new frames this soon after the engine dies
 
 
@@ -174,3 +175,61 @@ async def test_quick_deaths_make_the_engine_failed_and_requests_get_unavailable(
         await s.create(A)
     assert err.value.code == "unavailable"
     assert (await s.request({"type": "ping"}))["type"] == "pong"
+
+
+async def test_the_engine_process_runs_ahead_by_a_bounded_buffer_and_switches_exactly(tiny_model):
+    """Driven through its interface alone, the engine process stops `ahead` chunks past
+    playback, and after a switch its chunks equal an offline Stream's (the worker's
+    scheduling, now in the child); frames arrive through the shared-memory ring."""
+    from memory.stream import Stream
+    from server.engine import ChangePlan, ChunkReady, OpenStream, StreamOpened
+    from server.engine_child import EngineParams, ModelSource
+    from server.engine_process import ProcessEngine
+    from server.playout import Playout
+
+    loop = asyncio.get_running_loop()
+    woke = asyncio.Event()
+    engine = ProcessEngine(
+        ModelSource.of(tiny_model),
+        EngineParams(ahead_chunks=2),
+        notify=lambda: loop.call_soon_threadsafe(woke.set),
+        slot_bytes=12 * 128 * 128 * 3,
+    )
+    await engine.start()
+    results: list = []
+
+    async def take(n: int, seconds: float = 15.0) -> list:
+        async with asyncio.timeout(timeout(seconds)):
+            while len(results) < n:
+                woke.clear()
+                results.extend(r for r in engine.drain() if not hasattr(r, "state"))
+                if len(results) < n:
+                    await woke.wait()
+        got, results[:] = results[:n], results[n:]
+        return got
+
+    try:
+        assert engine.state == "ready"
+        assert engine.submit(OpenStream("s", A, 0))
+        opened, *chunks = await take(4)
+        assert isinstance(opened, StreamOpened) and opened.frames_per_chunk == 12
+        assert all(isinstance(c, ChunkReady) and c.snapshot for c in chunks)
+        assert [c.chunk.index for c in chunks] == [0, 1, 2]
+        await asyncio.sleep(0.5)
+        assert not [r for r in engine.drain() if isinstance(r, ChunkReady)]  # bounded
+        play = Playout(A, 12, 24, ahead_chunks=2)
+        for c in chunks:
+            play.accept(c.chunk)
+        play.step()
+        frame, change = play.set_prompt(B)
+        assert engine.submit(ChangePlan("s", change))
+        engine.set_progress("s", play.play_chunk)
+        switched = [r for r in await take(2) if play.accept(r.chunk)]
+    finally:
+        assert await engine.stop(timeout(10))
+    offline = Stream(tiny_model, A, seed=0)
+    assert np.array_equal(chunks[0].chunk.frames, offline.next_chunk())
+    offline.set_prompt(B, at_chunk=1)
+    for got in switched:
+        assert np.array_equal(got.chunk.frames, offline.next_chunk())
+    assert [r.chunk.index for r in switched] == [1, 2]

@@ -131,3 +131,29 @@ def test_a_warm_stream_is_warmed_a_chunk_a_turn_and_shows_what_offline_shows(tin
         tiny_model.with_sampler(warmup_chunks=0)
     assert [r.chunk.index for r in got] == [0, 1]
     assert all(np.array_equal(r.chunk.frames, e) for r, e in zip(got, expected, strict=True))
+
+
+def test_chunks_carry_the_snapshot_an_open_restores_from(tiny_model):
+    """Each chunk comes with the stream's snapshot after it; an OpenStream carrying that
+    snapshot, plan and epoch continues at the next chunk (after a re-cache) with the
+    chunks a Stream restored from it makes, and replaces a stream of the same id."""
+    from memory.snapshot import StreamSnapshot
+
+    worker = GenerationWorker(tiny_model, 2, 8, 8, 1, notify=lambda: None)
+    worker._open(OpenStream("s", A, 0))
+    worker.results.get_nowait()
+    for _ in range(3):
+        worker._generate(worker._jobs[0])
+    last = [worker.results.get_nowait() for _ in range(3)][-1]
+    assert last.chunk.index == 2 and last.snapshot is not None
+    plan = ((0, A), (3, B))
+    worker._open(OpenStream("s", A, 0, last.snapshot, plan, epoch=4, play_chunk=2))
+    opened = worker.results.get_nowait()
+    assert isinstance(opened, StreamOpened) and opened.chunk == 3
+    assert len(worker._jobs) == 1
+    worker._generate(worker._jobs[0])
+    ready = worker.results.get_nowait()
+    assert (ready.chunk.index, ready.chunk.epoch) == (3, 4)
+    expected = Stream.restore(tiny_model, StreamSnapshot.from_bytes(last.snapshot))
+    expected.set_prompt(B, at_chunk=3)
+    assert np.array_equal(ready.chunk.frames, expected.next_chunk())
