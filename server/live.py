@@ -126,11 +126,11 @@ class LiveStream:
         for c in [c for c in self.snapshots if c not in keep]:
             del self.snapshots[c]
 
-    def resume_point(self) -> tuple[int, bytes] | None:
-        """The newest kept snapshot no later than the first unplayed chunk: a restore
-        there regenerates nothing a viewer has seen, and every rewind a plan change can
-        ask for stays possible."""
-        first = self.playout.first_unplayed_chunk()
+    def resume_point(self, at_most: int | None = None) -> tuple[int, bytes] | None:
+        """The newest kept snapshot no later than chunk `at_most` (default: the first
+        unplayed chunk, where a restore regenerates nothing a viewer has seen and every
+        rewind a plan change can ask for stays possible)."""
+        first = self.playout.first_unplayed_chunk() if at_most is None else at_most
         chunks = [c for c in self.snapshots if c <= first]
         return (max(chunks), self.snapshots[max(chunks)]) if chunks else None
 

@@ -39,8 +39,8 @@ STREAM_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 class StreamState:
     stream: str
     seed: int
-    chunk: int  # the snapshot's chunk: the stream resumes there
-    frame: int  # the first frame it shows on resuming (chunk * frames_per_chunk)
+    chunk: int  # the snapshot's chunk: the restored stream generates from there
+    frame: int  # the first frame it shows on resuming (in that chunk or later)
     paused: bool
     plan: tuple[tuple[int, str, str], ...]  # (first chunk, prompt, "prompt" | "storyboard")
     snapshot: bytes

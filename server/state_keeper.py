@@ -2,9 +2,9 @@
 `state_seconds` (only when it moved on) and at shutdown, removes it when a stream ends,
 and at start-up brings the saved streams back under the same ids and tokens.
 
-A stream is saved at its resume point (LiveStream.resume_point: the newest snapshot no
-later than its first unplayed chunk), so a resumed stream shows next what its viewers
-would have seen next; its frame count goes on from that chunk's first frame.
+A stream is saved with its newest snapshot no later than the chunk being played and the
+next frame to show: resumed, it regenerates from that snapshot and shows from that frame
+on, so its viewers see the frame that comes next, under the same frame count.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ class StateKeeper:
         stream = LiveStream(
             server,
             state.stream,
-            plan.prompt_at(state.chunk),
+            plan.prompt_at(state.frame // fpc),
             state.seed,
             info,
             **{n: v for n, v in tokens.items() if n in accepted},
@@ -69,7 +69,7 @@ class StateKeeper:
         for name, value in tokens.items():
             if name not in accepted:  # a LiveStream that does not take tokens yet
                 setattr(stream, name, value)
-        stream.playout.resume_at(state.chunk, plan)
+        stream.playout.resume_at(state.frame, plan)
         stream.playout.paused = state.paused
         stream.snapshots[state.chunk] = state.snapshot
         stream._resuming = True
@@ -86,17 +86,17 @@ class StateKeeper:
 
     # -- saving -----------------------------------------------------------------------------
     def state_of(self, stream: LiveStream) -> StreamState | None:
-        point = stream.resume_point()
+        p = stream.playout
+        point = stream.resume_point(p.play_chunk)
         if point is None:
             return None
         chunk, data = point
-        p = stream.playout
         plan = tuple((k, e.text, e.source) for k, e in sorted(p.plan.entries.items()))
         return StreamState(
             stream=stream.id,
             seed=stream.seed,
             chunk=chunk,
-            frame=chunk * stream.fpc,
+            frame=p.next_frame,
             paused=p.paused,
             plan=plan,
             snapshot=data,
