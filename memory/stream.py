@@ -19,6 +19,7 @@ import torch
 
 from memory.cache import CacheLayout, ContextCache
 from memory.policy import CachePolicy, SinkRollingWindow
+from memory.snapshot import SnapshotError, StreamSnapshot
 from model.bundle import VideoModel
 from model.chunk_frames import ChunkFrames
 from model.dit import AttnContext, block_causal_mask, chunk_prev
@@ -133,6 +134,7 @@ class Stream:
         self._decoder_states: dict[int, list] = {}  # chunk -> decoder carry before it
         self._recached_at: list[int] = []  # chunks whose generation began with a re-cache
         self.chunk_index = 0
+        self._floor = 0  # no rewind before this chunk (where a restored stream began)
         self.stats = StreamStats(cache_bytes=self.cache.nbytes)
         self.set_prompt(prompt, at_chunk=0)
 
@@ -179,7 +181,7 @@ class Stream:
     @property
     def min_rewind_chunk(self) -> int:
         frame = self.policy.min_rewind(self.cache.head) - self._warm_frames
-        return max(0, -(-frame // self.chunk_frames))
+        return max(self._floor, -(-frame // self.chunk_frames))
 
     def rewind(self, chunk: int) -> None:
         """Forget chunks >= chunk; the next next_chunk() generates `chunk` again."""
@@ -200,6 +202,58 @@ class Stream:
             self.cache.prompt_key = self._warm_prompt
         self._recached_at = [c for c in self._recached_at if c < chunk]
         self.chunk_index = chunk
+
+    # -- snapshots -----------------------------------------------------------------------
+    def snapshot(self) -> StreamSnapshot:
+        """What this stream needs to continue from its next chunk (see memory.snapshot).
+        Taken between chunks, after the warm-up."""
+        if self.warming:
+            raise SnapshotError("a stream cannot be snapshotted during its warm-up")
+        k = self.chunk_index
+        frames = self.cache.context_frames()
+        slots = [self.policy.slot_for(g) for g in frames]
+        return StreamSnapshot(
+            model=self.model.config.name,
+            seed=self.seed,
+            chunk=k,
+            head=self.cache.head,
+            timeline=tuple((c, p.text) for c, p in self._timeline),
+            frames=tuple(frames),
+            latents=self.cache.latents[slots].clone(),  # (n, z, h, w)
+            decoder=self._decoder_states.get(k),
+        )
+
+    @classmethod
+    def restore(
+        cls, model: VideoModel, snap: StreamSnapshot, policy: CachePolicy | None = None
+    ) -> Stream:
+        """A stream that continues `snap`: its next chunk is `snap.chunk`, generated after
+        a re-cache of the context under that chunk's prompt. It cannot rewind before
+        `snap.chunk`. SnapshotError if the snapshot does not fit this model."""
+        if snap.model != model.config.name:
+            raise SnapshotError(
+                f"the snapshot is of a {snap.model!r} model, not {model.config.name!r}",
+                value=snap.model,
+            )
+        if not snap.timeline:
+            raise SnapshotError("the snapshot has no prompt")
+        s = cls(model, snap.timeline[0][1], seed=snap.seed, policy=policy)
+        want = (len(snap.frames), *s.cache.latents.shape[1:])
+        if tuple(snap.latents.shape) != want or list(snap.frames) != s.policy.context(snap.head):
+            raise SnapshotError(
+                f"the snapshot's context {tuple(snap.latents.shape)} at frame {snap.head} "
+                f"does not fit this stream's cache {want}"
+            )
+        s._timeline = [(c, model.text.encode_strict(t)) for c, t in snap.timeline]
+        for j, g in enumerate(snap.frames):
+            s.cache.latents[s.policy.slot_for(g)].copy_(snap.latents[j].to(model.dtype))
+        s.cache.head = snap.head
+        s.cache.prompt_key = None  # the next chunk re-caches the keys/values
+        s.chunk_index = s._floor = snap.chunk
+        s._decoder_states = {snap.chunk: snap.decoder}
+        if s._warm_frames:
+            s._warm_prompt = s._prompt_at(0) if s._timeline[0][0] == 0 else None
+        return s
 
     # -- generation ----------------------------------------------------------------------
     def next_chunk(self) -> np.ndarray:

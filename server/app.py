@@ -3,9 +3,12 @@
 one port served by server/http_routes.py.
 
 Everything hangs off the LiveServer object: two servers can run in one process.
-Shutdown order: stop accepting, end streams (closing peers), close websockets, finish
-recordings and pushes, stop the model worker (with a timeout), drop what is left in the
-encoder thread.
+The model runs in a supervised engine process (server.engine_process); the server keeps
+each stream's latest snapshots and re-opens its streams from them when the engine restarts.
+Shutdown order (`close`): stop accepting, tell clients (`shutting_down`), save the streams'
+state (with a state directory) and run the shutdown hooks, end streams (closing peers),
+close websockets (aborting those that do not read), finish recordings and pushes, stop the
+engine (with a timeout), drop what is left in the encoder thread.
 """
 
 from __future__ import annotations
@@ -37,6 +40,18 @@ from model.tinyworld.spec import FILLER, VOCAB
 from model.wan.load import load_named
 from server import auth, protocol
 from server.config import CODECS, ServerConfig
+from server.engine import (
+    STATES,
+    ChunkReady,
+    Engine,
+    EngineRestarted,
+    EngineStateChanged,
+    OpenStream,
+    StreamFailed,
+    StreamOpened,
+)
+from server.engine_child import EngineParams, ModelSource
+from server.engine_process import ProcessEngine
 from server.http_routes import HttpFront
 from server.ice import offered_addresses
 from server.live import LiveStream
@@ -45,21 +60,9 @@ from server.outputs import Outputs
 from server.protocol import field, request_error
 from server.provenance.marking import StreamMarker
 from server.provenance.policy import PromptPolicy, PromptRefused
-from server.worker import ChunkReady, GenerationWorker, OpenStream, StreamFailed, StreamOpened
+from server.state_keeper import StateKeeper
 
 log = logging.getLogger(__name__)
-
-
-class _NoWireDumps(logging.Filter):
-    """websockets logs request lines and every frame at DEBUG: they carry stream tokens
-    and API keys, which are never logged. Its other records pass."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno > logging.DEBUG
-
-
-wire_log = logging.getLogger(__name__ + ".websockets")
-wire_log.addFilter(_NoWireDumps())
 DEFAULT_PROMPT = "a big red circle bouncing over the ocean"
 VERSION = "0.1.0"
 
@@ -175,7 +178,10 @@ class LiveServer:
         self.connections: set[Connection] = set()
         self.static = static_dir()
         self.port: int | None = None
-        self.worker: GenerationWorker | None = None
+        self.engine: Engine | None = None
+        self.shutdown_hooks: list = []  # async callables run at shutdown (recordings)
+        self.state_keeper: StateKeeper | None = None
+        self.shutting_down = False
         self.ice_addresses: tuple[str, ...] | None = None  # None: every host address
         self.encode_pool: ThreadPoolExecutor | None = None
         # streams asked of the worker, not opened yet: id -> (creator's future, prompt, seed)
@@ -199,13 +205,16 @@ class LiveServer:
             self.model = await loop.run_in_executor(
                 None, load_model, cfg.model, cfg.dtype, cfg.base, cfg.lora, cfg.size, cfg.device
             )
+            source = ModelSource(cfg.model, cfg.dtype, cfg.base, cfg.lora, cfg.size, cfg.device)
+        else:  # a model built here (tests): the engine gets a copy of it
+            source = await loop.run_in_executor(None, ModelSource.of, self.model)
         self.model.with_sampler(**cfg.sampler_changes())
         rewind = self.model.config.stream.rewind_chunks
         if cfg.ahead_chunks + 1 > rewind:
             if rewind < 2:
                 raise request_error("bad_config", f"ahead_chunks must be below {rewind}")
             # a switch rewinds up to ahead + 1 chunks: generate no further ahead than the
-            # model's streams can rewind (Wan presets keep 2 chunks: full-size ones are big)
+            # model's streams can rewind
             log.warning(
                 "%s streams rewind %d chunks: generating %d ahead, not %d",
                 self.model.config.name,
@@ -214,22 +223,20 @@ class LiveServer:
                 cfg.ahead_chunks,
             )
             self.config = cfg = replace(cfg, ahead_chunks=rewind - 1)
-        self.worker = GenerationWorker(
-            self.model,
-            cfg.ahead_chunks,
-            cfg.command_queue,
-            cfg.result_queue,
-            cfg.torch_threads,
-            notify=self._notify,
-            mark=self.marker.mark if self.marker is not None else None,
-            max_batch=cfg.max_batch,
-        )
+        self.engine = self.make_engine(source)
         self.encode_pool = ThreadPoolExecutor(1, thread_name_prefix="endless-encode")
         self.ice_addresses = await offered_addresses(cfg.host, cfg.ice_addresses)
-        self.worker.start()
         m = self.metrics
-        m.watch_queue("commands", self.worker.commands.qsize)
-        m.watch_queue("results", self.worker.results.qsize)
+        for state in STATES:
+            m.engine_state.labels(state).set_function(lambda s=state: float(self.state == s))
+        for name in ("commands", "results"):
+            m.watch_queue(name, lambda n=name: self.engine.queue_depths().get(n, 0))
+        await self.engine.start()
+        if self.engine.state == "failed":
+            raise request_error("engine_failed", f"the engine did not start: {self.engine_reason}")
+        if cfg.state_dir is not None:
+            self.state_keeper = StateKeeper(self, cfg.state_dir)
+            self.state_keeper.resume_all()
         m.watch_queue(
             "buffered_frames", lambda: sum(s.playout.buffered_frames for s in self.streams.values())
         )
@@ -241,6 +248,45 @@ class LiveServer:
         self.ready.set()
         return self
 
+    def make_engine(self, source: ModelSource) -> Engine:
+        cfg, sc = self.config, self.model.config.stream
+        params = EngineParams(
+            cfg.ahead_chunks,
+            cfg.command_queue,
+            cfg.result_queue,
+            cfg.torch_threads,
+            cfg.sampler_changes(),
+            logging.getLogger().getEffectiveLevel(),
+            max_batch=cfg.max_batch,
+            # the engine marks each chunk's frames before they leave it (None: unmarked)
+            watermark=cfg.server_name if self.marker is not None else None,
+        )
+        fpc = sc.chunk_latent_frames * self.model.config.vae.time_stride
+        return ProcessEngine(
+            source,
+            params,
+            self._notify,
+            slot_bytes=fpc * sc.height * sc.width * 3,
+            max_deaths=cfg.engine_max_deaths,
+            quick_seconds=cfg.engine_quick_seconds,
+        )
+
+    @property
+    def state(self) -> str:
+        """The engine's health state (server.engine.STATES)."""
+        return "loading" if self.engine is None else self.engine.state
+
+    @property
+    def engine_reason(self) -> str:
+        return getattr(self.engine, "last_reason", "")
+
+    def check_engine(self) -> None:
+        """Raise the error a request gets when the engine cannot take a command now."""
+        if self.state == "failed":
+            raise request_error("unavailable", "the model engine has failed; see /healthz")
+        if not self.engine.can_submit():
+            raise request_error("busy", "the model worker is busy; try again shortly")
+
     @property
     def url(self) -> str:
         host = self.config.host if self.config.host not in ("0.0.0.0", "::") else "127.0.0.1"
@@ -250,26 +296,58 @@ class LiveServer:
     def ws_url(self) -> str:
         return self.url.replace("http://", "ws://") + "ws"
 
-    async def close(self, timeout: float = 5.0) -> None:
+    async def close(self, timeout: float | None = None) -> None:
+        """Shut down within `timeout` (config.shutdown_seconds) however clients behave."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + (self.config.shutdown_seconds if timeout is None else timeout)
+
+        def left(most: float = 60.0) -> float:
+            return max(0.05, min(most, end - loop.time()))
+
+        self.shutting_down = True
         if self._ws_server is not None:
             self._ws_server.stop_accepting()  # 1. stop accepting
-        for stream in list(self.streams.values()):  # 2. end streams, closing peers
+        for conn in list(self.connections):  # 2. tell clients
+            conn.send({"type": "shutting_down", "reason": "server_shutdown"})
+        if self.state_keeper is not None:  # 3. snapshots, recordings
+            await self.state_keeper.close(left() / 2)
+        for hook in list(self.shutdown_hooks):
+            try:
+                await asyncio.wait_for(hook(), left() / 2)
+            except Exception:
+                log.exception("a shutdown hook failed")
+        for stream in list(self.streams.values()):  # 4. end streams, closing peers
             self.end_stream(stream, "server_shutdown")
         if self._closing:
-            await asyncio.wait(list(self._closing), timeout=timeout)
-        for conn in list(self.connections):  # 3. close websockets
-            await conn.ws.close(1001, "server shutting down")
+            await asyncio.wait(list(self._closing), timeout=left() / 2)
+        await self._close_connections(left(1.0))  # 5. close websockets
         if self._ws_server is not None:
-            if not await self._ws_server.wait_handlers(timeout):
-                log.warning("websocket handlers did not finish in %.1fs", timeout)
-            await self.outputs.finish_all()  # 4. finish files (recordings) and pushes
+            if not await self._ws_server.wait_handlers(left()):
+                log.warning("websocket handlers did not finish in time")
+            await self.outputs.finish_all()  # 6. finish files (recordings) and pushes
             await self._ws_server.close()
-        if self.worker is not None:  # 5. stop the model worker
-            loop = asyncio.get_running_loop()
-            if not await loop.run_in_executor(None, self.worker.stop, timeout):
-                log.warning("the model worker did not stop in %.1fs", timeout)
-        if self.encode_pool is not None:  # 6. cancel the rest
+        if self.engine is not None:  # 7. stop the engine
+            if not await self.engine.stop(left()):
+                log.warning("the engine did not stop in time")
+        if self.encode_pool is not None:  # 8. cancel the rest
             self.encode_pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _close_connections(self, timeout: float) -> None:
+        """Close every websocket (1001); abort those whose close does not finish in time
+        (a client that stopped reading has a full socket: its close frame cannot go out)."""
+        flush_until = asyncio.get_running_loop().time() + min(0.3, timeout / 2)
+        while any(c.outbox.qsize() for c in self.connections if not c.closed):  # events first
+            if asyncio.get_running_loop().time() > flush_until:
+                break
+            await asyncio.sleep(0.01)
+        conns = list(self.connections)
+        tasks = [asyncio.ensure_future(c.ws.close(1001, "server shutting down")) for c in conns]
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+        for conn, task in zip(conns, tasks, strict=True):
+            if not task.done():
+                task.cancel()
+                conn.ws.abort()
 
     async def __aenter__(self) -> LiveServer:
         return await self.start()
@@ -285,8 +363,12 @@ class LiveServer:
             pass
 
     def _drain_results(self) -> None:
-        for result in self.worker.drain():
-            if isinstance(result, StreamOpened):
+        for result in self.engine.drain():
+            if isinstance(result, EngineStateChanged):
+                self._engine_state(result)
+            elif isinstance(result, EngineRestarted):
+                self._engine_restarted(result)
+            elif isinstance(result, StreamOpened):
                 self._opened(result)
             elif isinstance(result, ChunkReady):
                 stream = self.streams.get(result.stream_id)
@@ -300,10 +382,38 @@ class LiveServer:
                     log.error("stream %s failed: %s", stream.id, result.message)
                     self.end_stream(stream, "failed")
 
+    def _engine_state(self, change: EngineStateChanged) -> None:
+        if change.state == "failed":  # no engine will come back: end what waits on it
+            for stream in list(self.streams.values()):
+                self.end_stream(stream, "failed")
+            for fut, _, _ in self._opening.values():
+                if not fut.done():
+                    fut.set_exception(request_error("unavailable", "the model engine failed"))
+
+    def _engine_restarted(self, info: EngineRestarted) -> None:
+        """A new engine holds no stream: re-open each from its snapshot, and the streams
+        still being created as they were asked for."""
+        self.metrics.engine_restarts.inc()
+        for stream in list(self.streams.values()):
+            if stream.id in info.crashed:
+                stream.engine_crashes += 1
+                if stream.engine_crashes >= 2:  # it brings the engine down: not again
+                    log.error("stream %s crashed the engine twice: ending it", stream.id)
+                    self.end_stream(stream, "failed")
+                    continue
+            if not self.engine.submit(stream.restore_command()):
+                log.error("stream %s could not be restored: the engine is busy", stream.id)
+                self.end_stream(stream, "failed")
+        for stream_id, (_, prompt, seed) in self._opening.items():
+            self.engine.submit(OpenStream(stream_id, prompt, seed))
+
     def _opened(self, info: StreamOpened) -> None:
+        if (live := self.streams.get(info.stream_id)) is not None:
+            live.on_restored(info)  # a restore after an engine restart
+            return
         fut, prompt, seed = self._opening.pop(info.stream_id, (None, "", 0))
         if fut is None or fut.done():  # the creator gave up: free the model's stream
-            self.worker.close_stream(info.stream_id)
+            self.engine.close_stream(info.stream_id)
             return
         stream = LiveStream(self, info.stream_id, prompt, seed, info)
         self.streams[stream.id] = stream
@@ -316,6 +426,8 @@ class LiveServer:
             return None
         del self.streams[stream.id]
         self.metrics.streams.dec()
+        if self.state_keeper is not None and not self.shutting_down:
+            self.state_keeper.forget(stream.id)
         task = asyncio.get_running_loop().create_task(stream.close(reason))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
@@ -329,8 +441,7 @@ class LiveServer:
         if path == "/metrics":
             return _response(200, self.metrics.render(), self.metrics.content_type)
         if path == "/healthz":
-            ok = self.ready.is_set() and self.worker is not None and self.worker.alive
-            return _response(200 if ok else 503, b"ok\n" if ok else b"unavailable\n", "text/plain")
+            return self._healthz(request)
         if path == "/favicon.ico":
             return _response(204, b"", "image/x-icon")
         name = "index.html" if path == "/" else path.lstrip("/")
@@ -339,6 +450,22 @@ class LiveServer:
             return _response(404, b"not found\n", "text/plain")
         kind = mimetypes.guess_type(name)[0] or "application/octet-stream"
         return _response(200, file.read_bytes(), kind + "; charset=utf-8")
+
+    def _healthz(self, request: Request) -> Response:
+        """200 only when ready; the state in the body (JSON if asked for)."""
+        state = self.state if self.ready.is_set() or self.state == "failed" else "loading"
+        status = 200 if state == "ready" else 503
+        query = request.path.partition("?")[2]
+        if "json" in request.headers.get("Accept", "") or "format=json" in query:
+            body = {
+                "state": state,
+                "restarts": getattr(self.engine, "restarts", 0),
+                "reason": self.engine_reason if state != "ready" else "",
+                "streams": len(self.streams),
+                "engine_pid": getattr(self.engine, "pid", None),
+            }
+            return _response(status, json.dumps(body).encode() + b"\n", "application/json")
+        return _response(status, state.encode() + b"\n", "text/plain")
 
     # -- websocket --------------------------------------------------------------------------------
     async def _handle(self, ws: ServerConnection) -> None:
@@ -520,7 +647,8 @@ class LiveServer:
         self._check_stream_room(owner)
         stream_id = secrets.token_hex(4)
         fut = asyncio.get_running_loop().create_future()
-        if not self.worker.submit(OpenStream(stream_id, prompt, seed)):
+        self.check_engine()
+        if not self.engine.submit(OpenStream(stream_id, prompt, seed)):
             raise request_error("busy", "the model worker is busy; try again shortly")
         self._opening[stream_id] = (fut, prompt, seed)
         self._owners[stream_id] = owner

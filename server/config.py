@@ -57,6 +57,12 @@ class ServerConfig:
     max_batch: int = 4  # streams whose chunks share one forward pass (1: one at a time)
     dtype: str = "auto"  # "auto" (bf16 on a GPU or an AMX CPU, else fp32), "bf16" or "fp32"
     connect_timeout: float = 20.0  # a viewer that has not connected by then is dropped
+    engine_max_deaths: int = 5  # deaths in a row, each soon after its start: "failed"
+    engine_quick_seconds: float = 10.0  # a death this soon after the start counts as quick
+    state_dir: str | None = None  # where each stream's snapshot is kept (None: nowhere)
+    state_seconds: float = 3.0  # how often the state directory is written
+    resume_grace_seconds: float = 60.0  # a stream resumed from disk waits this for viewers
+    shutdown_seconds: float = 4.0  # the whole shutdown, however its clients behave
     # Sampling of every stream; None keeps the model's own (its checkpoint's) setting.
     steps: int | None = None  # denoising steps per chunk
     guidance: float | None = None  # classifier-free guidance scale (1: off)

@@ -54,6 +54,12 @@ class WebSocketAdapter:
     async def close(self, code: int = 1000, reason: str = "") -> None:
         await self._ws.close(code=code, message=reason.encode())
 
+    def abort(self) -> None:
+        """Drop the connection at once (a client whose close cannot go out)."""
+        transport = self.request.transport
+        if transport is not None:
+            transport.abort()
+
     async def __aiter__(self) -> AsyncIterator[str | bytes]:
         async for msg in self._ws:
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):

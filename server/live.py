@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 
 from server.auth import new_token
+from server.engine import ChangePlan, ChunkReady, OpenStream, StreamOpened
 from server.fanout import EncodedFrame, FanoutTrack, SharedEncoder, adopt
 from server.ice import restrict_gathering
 from server.playout import PlanChange, Playout
 from server.protocol import request_error
-from server.worker import ChangePlan, ChunkReady, StreamOpened
 
 if TYPE_CHECKING:
     from server.app import Connection, LiveServer
@@ -99,6 +99,12 @@ class LiveStream:
         self._task: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()  # fire-and-forget viewer removals
         self._switch: dict[str, Any] | None = None  # the latest prompt switch, being timed
+        # snapshots of the model's stream by chunk (the state before that chunk), kept
+        # to restore the stream if the engine dies (bounded: see _keep_snapshot)
+        self.snapshots: dict[int, bytes] = {}
+        self.engine_crashes = 0  # engine deaths while this stream's chunk was under way
+        self.resumes: list[int] = []  # first frame of each new engine's first chunk shown
+        self._resuming = False
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"play-{self.id}")
@@ -115,13 +121,54 @@ class LiveStream:
             self.realtime_factor = (n / self.fps) / (total / 1e3)
             self.metrics.realtime_factor.set(self.realtime_factor)
         self.cache_bytes = ready.cache_bytes
-        if self.playout.accept(ready.chunk) and ready.chunk.index == self.playout.play_chunk:
+        accepted = self.playout.accept(ready.chunk)
+        if accepted and ready.snapshot is not None:
+            self._keep_snapshot(ready.chunk.index + 1, ready.snapshot)
+        if accepted and self._resuming:
+            self._resuming = False
+            self.resumes.append(ready.chunk.index * self.fpc)
+        if accepted and ready.chunk.index == self.playout.play_chunk:
             self._first_chunk.set()
         sw = self._switch
         if sw is not None and (ready.chunk.epoch, ready.chunk.index) == (sw["epoch"], sw["chunk"]):
             sw["ready_ms"] = (time.monotonic() - sw["t0"]) * 1e3
             sw["chunk_ms"] = {k: round(v, 1) for k, v in ready.ms.items()}
         self._count_drops()
+
+    # -- snapshots and restores --------------------------------------------------------------
+    def _keep_snapshot(self, chunk: int, data: bytes) -> None:
+        self.snapshots[chunk] = data
+        floor = self.playout.play_chunk
+        keep = sorted(c for c in self.snapshots if c >= floor)[-(self.config.ahead_chunks + 3) :]
+        for c in [c for c in self.snapshots if c not in keep]:
+            del self.snapshots[c]
+
+    def resume_point(self, at_most: int | None = None) -> tuple[int, bytes] | None:
+        """The newest kept snapshot no later than chunk `at_most` (default: the first
+        unplayed chunk, where a restore regenerates nothing a viewer has seen and every
+        rewind a plan change can ask for stays possible)."""
+        first = self.playout.first_unplayed_chunk() if at_most is None else at_most
+        chunks = [c for c in self.snapshots if c <= first]
+        return (max(chunks), self.snapshots[max(chunks)]) if chunks else None
+
+    def restore_command(self) -> OpenStream:
+        """The command that re-opens this stream in a new engine, at its resume point."""
+        p = self.playout
+        plan = p.plan.as_tuple()
+        point = self.resume_point()
+        return OpenStream(
+            self.id,
+            plan[0][1],
+            self.seed,
+            snapshot=None if point is None else point[1],
+            plan=plan,
+            epoch=p.epoch,
+            play_chunk=p.play_chunk,
+        )
+
+    def on_restored(self, info: StreamOpened) -> None:
+        log.info("stream %s continues in the new engine from chunk %d", self.id, info.chunk)
+        self._resuming = True
 
     def _count_drops(self) -> None:
         dropped = self.playout.frames_dropped - self._counted["dropped"]
@@ -131,13 +178,14 @@ class LiveStream:
 
     # -- control ---------------------------------------------------------------------------
     def _check_room(self) -> None:
-        if not self.server.worker.can_submit():
-            raise request_error("busy", "the model worker is busy; try again shortly")
+        self.server.check_engine()
 
     def _apply(self, change: PlanChange | None) -> None:
         if change is not None:
-            ok = self.server.worker.submit(ChangePlan(self.id, change))
+            ok = self.server.engine.submit(ChangePlan(self.id, change))
             assert ok, "room was checked before the plan changed"
+            for c in [c for c in self.snapshots if c > change.rewind_to]:
+                del self.snapshots[c]  # they hold chunks the change replaces
             self.metrics.prompt_switches.inc()
             self._count_drops()
 
@@ -188,13 +236,14 @@ class LiveStream:
             self._grace.cancel()
             self._grace = None
 
-    def release_if_unused(self) -> None:
+    def release_if_unused(self, grace: float | None = None) -> None:
         """With no attached connection, viewer or output left, end after the grace period."""
         if self.ended or self.members or self.viewers or self.sinks or self._grace is not None:
             return
         loop = asyncio.get_running_loop()
         self._grace = loop.call_later(
-            self.config.grace_seconds, lambda: self.server.end_stream(self, "abandoned")
+            self.config.grace_seconds if grace is None else grace,
+            lambda: self.server.end_stream(self, "abandoned"),
         )
 
     async def close(self, reason: str) -> None:
@@ -209,7 +258,7 @@ class LiveStream:
         await asyncio.gather(
             *(self.remove_viewer(v, reason) for v in list(self.viewers)), return_exceptions=True
         )
-        self.server.worker.close_stream(self.id)
+        self.server.engine.close_stream(self.id)
         self.server.outputs.stream_ended(self)  # finish recordings, pushes, HLS
         self.broadcast({"type": "stream_ended", "stream": self.id, "reason": reason})
         for conn in list(self.members):
@@ -410,7 +459,7 @@ class LiveStream:
                     await self._emit(shown)
                 if self.playout.play_chunk != self._reported_chunk:
                     self._reported_chunk = self.playout.play_chunk
-                    self.server.worker.set_progress(self.id, self._reported_chunk)
+                    self.server.engine.set_progress(self.id, self._reported_chunk)
                 n += 1
                 if n % stats_every == 0:
                     now = loop.time()

@@ -90,6 +90,21 @@ class Metrics:
             "than real time)",
             registry=r,
         )
+        self.engine_state = Gauge(
+            "endless_engine_state",
+            "1 for the model engine's current health state (loading, ready, degraded, failed)",
+            ["state"],
+            registry=r,
+        )
+        self.engine_restarts = Counter(
+            "endless_engine_restarts", "Engine process restarts after a death", registry=r
+        )
+        self.state_files = Counter(
+            "endless_state_files",
+            "Stream state files written, resumed, or skipped (corrupt or foreign)",
+            ["result"],
+            registry=r,
+        )
 
         # Known label values are exported at zero from the start.
         for stage in STAGES:
@@ -101,6 +116,8 @@ class Metrics:
             self.frames_dropped.labels(reason)
         for reason in ("stall", "pause"):
             self.held_frames.labels(reason)
+        for result in ("written", "resumed", "skipped"):
+            self.state_files.labels(result)
 
     def watch_queue(self, name: str, depth: Callable[[], float]) -> None:
         self.queue_depth.labels(name).set_function(depth)

@@ -140,6 +140,12 @@ class Playout:
         self.stalls = 0  # times playback ran dry (not counting pauses)
         self.held_ticks = 0  # ticks that repeated the last frame
 
+    def resume_at(self, frame: int, plan: PromptPlan) -> None:
+        """Start at frame `frame` under `plan` (a stream resumed from disk): its frame
+        count goes on from there."""
+        self.next_frame = frame
+        self.plan = plan.since(self.play_chunk)
+
     # -- the worker side -----------------------------------------------------------------
     @property
     def play_chunk(self) -> int:

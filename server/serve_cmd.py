@@ -1,4 +1,5 @@
-"""`endless serve`: run the live server (websocket control + WebRTC video) until Ctrl-C."""
+"""`endless serve`: run the live server (websocket control + WebRTC video) until Ctrl-C
+or SIGTERM (a clean shutdown within 5 s; a second signal exits at once)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 
 import uvloop
 
@@ -179,8 +181,15 @@ async def serve(config: ServerConfig) -> None:
         print(f"endless: OSC control on udp {host}:{server.outputs.osc.port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():  # a second signal: exit at once
+            print("endless: second signal: exiting now", flush=True)
+            os._exit(130)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     try:
         await stop.wait()
     finally:
@@ -193,4 +202,10 @@ def run(args: argparse.Namespace) -> int:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     uvloop.run(serve(config_from(args)))
-    return 0
+    # The shutdown above is complete (clients told, state and files written, peers and the
+    # engine closed). The interpreter's own teardown with torch and aiortc loaded takes
+    # seconds more, past the 5 s a shutdown may take: skip it.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -1,4 +1,5 @@
-"""The one model worker thread: every stream's torch work, round-robin, off the event loop.
+"""The model worker: every stream's torch work, round-robin, in one thread of the engine
+process (server/engine_child.py), off the event loop.
 
 The event loop and the worker talk only through bounded queues, each with a policy:
 
@@ -12,6 +13,10 @@ The event loop and the worker talk only through bounded queues, each with a poli
 Each stream may be generated up to `ahead_chunks` chunks past the chunk being played. Of
 the streams allowed to run, the one with the fewest chunks ready runs next (ties in turn),
 which is plain round-robin while every stream keeps up.
+
+Errors: an EndlessError while generating (bad input) fails that stream only; any other
+exception (a bug, an out-of-memory) ends the thread, and with it the engine process, which
+its supervisor restarts from the streams' snapshots (`crash` names the stream under way).
 """
 
 from __future__ import annotations
@@ -29,58 +34,33 @@ import numpy as np
 import torch
 
 from memory.batch import commit_together, denoise_together
+from memory.snapshot import StreamSnapshot
 from memory.stream import ChunkPlan, Stream
 from model.bundle import VideoModel
-from model.chunk_frames import ChunkFrames
 from model.errors import EndlessError
-from server.playout import Chunk, PlanChange
+from server.engine import (
+    ChangePlan,
+    ChunkReady,
+    OpenStream,
+    Result,
+    StreamFailed,
+    StreamOpened,
+)
+from server.playout import Chunk
+
+# the messages are the engine interface's (server.engine); they are re-exported here
+__all__ = [
+    "ChangePlan",
+    "ChunkReady",
+    "GenerationWorker",
+    "OpenStream",
+    "Result",
+    "StreamFailed",
+    "StreamOpened",
+    "pick",
+]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class OpenStream:
-    stream_id: str
-    prompt: str
-    seed: int
-
-
-@dataclass(frozen=True)
-class ChangePlan:
-    stream_id: str
-    change: PlanChange
-
-
-@dataclass(frozen=True)
-class StreamOpened:
-    stream_id: str
-    fps: int
-    frames_per_chunk: int  # every chunk after the first
-    height: int
-    width: int
-    first_chunk_frames: int  # chunk 0 (the VAE's first decode: 9 for Wan's, 12 for tiny)
-
-    @property
-    def frames(self) -> ChunkFrames:
-        return ChunkFrames(self.first_chunk_frames, self.frames_per_chunk)
-
-
-@dataclass(frozen=True)
-class ChunkReady:
-    stream_id: str
-    chunk: Chunk
-    ms: dict[str, float]  # stage -> milliseconds (Stream.stats.ms)
-    cache_bytes: int
-
-
-@dataclass(frozen=True)
-class StreamFailed:
-    stream_id: str
-    code: str
-    message: str
-
-
-Result = StreamOpened | ChunkReady | StreamFailed
 
 
 @dataclass
@@ -155,6 +135,8 @@ class GenerationWorker:
         self._held: deque[OpenStream | ChangePlan] = deque()  # commands taken mid-chunk
         self.busy_seconds = 0.0  # time spent generating
         self.abandoned = 0  # chunks dropped between stages because a switch made them stale
+        self.crash: tuple[str, BaseException] | None = None  # (stream, error) that ended it
+        self.fault: str | None = None  # tests: "raise" or "oom" at the next chunk
 
     # -- called from the event loop --------------------------------------------------------
     def start(self) -> None:
@@ -175,6 +157,11 @@ class GenerationWorker:
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
+
+    def submit_wait(self, command: OpenStream | ChangePlan) -> None:
+        """Queue a command, waiting for room (the engine process's command reader)."""
+        self.commands.put(command)
+        self._wake.set()
 
     def can_submit(self) -> bool:
         """Room for one more command (only the loop submits, so this stays true until it does)."""
@@ -255,8 +242,15 @@ class GenerationWorker:
                 self._fail(cmd.stream_id, exc)
 
     def _open(self, cmd: OpenStream) -> None:
-        stream = Stream(self.model, cmd.prompt, seed=cmd.seed)
-        self._jobs.append(_Job(cmd.stream_id, stream, ((0, cmd.prompt),)))
+        """A new stream, or (with a snapshot) a restored one; either replaces a stream of
+        the same id (a restore may cross a plain open queued before the engine died)."""
+        if cmd.snapshot is not None:
+            stream = Stream.restore(self.model, StreamSnapshot.from_bytes(cmd.snapshot))
+        else:
+            stream = Stream(self.model, cmd.prompt, seed=cmd.seed)
+        plan = cmd.plan or ((0, cmd.prompt),)
+        job = _Job(cmd.stream_id, stream, plan, cmd.epoch, cmd.play_chunk)
+        self._jobs = [j for j in self._jobs if j.stream_id != cmd.stream_id] + [job]
         self._put(
             StreamOpened(
                 cmd.stream_id,
@@ -264,6 +258,7 @@ class GenerationWorker:
                 stream.frames.rest,
                 stream.height,
                 stream.width,
+                stream.chunk_index,
                 stream.frames.first,
             )
         )
@@ -299,6 +294,7 @@ class GenerationWorker:
         stream = job.stream
         k = stream.chunk_index
         try:
+            self._inject_fault()
             want = job.prompt_at(k)
             if stream.prompt_for(k) != want:
                 stream.set_prompt(want, at_chunk=k)
@@ -323,18 +319,30 @@ class GenerationWorker:
             tm = time.perf_counter()
             if self._mark is not None:
                 frames = self._mark(job.stream_id, frames)
+            snapshot = stream.snapshot().to_bytes()
             t3 = time.perf_counter()
             self.busy_seconds += t3 - t0
-        except Exception as exc:
+        except EndlessError as exc:
             log.exception("model worker: stream %s failed at chunk %d", job.stream_id, k)
             self._jobs.remove(job)
             self._fail(job.stream_id, exc)
             return
+        except BaseException as exc:  # not the stream's fault: the engine goes down
+            self.crash = (job.stream_id, exc)
+            raise
         ms = dict(stream.stats.ms)  # the stages fill text/recache/cache/decode themselves
         ms.update(plan=(t1 - t0) * 1e3, denoise=(t2 - t1) * 1e3, total=(t3 - t0) * 1e3)
         if self._mark is not None:
             ms["mark"] = (t3 - tm) * 1e3
-        self._put(ChunkReady(job.stream_id, Chunk(k, job.epoch, frames), ms, stream.cache.nbytes))
+        chunk = Chunk(k, job.epoch, frames)
+        self._put(ChunkReady(job.stream_id, chunk, ms, stream.cache.nbytes, snapshot))
+
+    def _inject_fault(self) -> None:
+        fault, self.fault = self.fault, None
+        if fault == "raise":
+            raise RuntimeError("injected engine fault")
+        if fault == "oom":
+            raise torch.OutOfMemoryError("injected out of memory")
 
     def _generate_batch(self, jobs: list[_Job]) -> None:
         """One chunk for each job, their denoise and commit stages batched (memory/batch.py).
@@ -352,8 +360,11 @@ class GenerationWorker:
                 if job.stream.prompt_for(k) != (want := job.prompt_at(k)):
                     job.stream.set_prompt(want, at_chunk=k)
                 live.append((job, job.stream.plan()))
-            except Exception as exc:
+            except EndlessError as exc:  # the stream's fault: it fails, the others go on
                 self._drop(job, exc)
+            except BaseException as exc:  # not the stream's fault: the engine goes down
+                self.crash = (job.stream_id, exc)
+                raise
         t1 = time.perf_counter()
         live = [live[i] for i in self._fresh(live)]
         if not live:
@@ -367,10 +378,13 @@ class GenerationWorker:
             keep = [i for i in self._fresh(live) if latents[i] is not None]
             kept = [live[i] for i in keep]
             frames = commit_together([(j.stream, p) for j, p in kept], [latents[i] for i in keep])
-        except Exception as exc:  # a batch that fails fails its streams; the worker goes on
+        except EndlessError as exc:  # a batch a stream's input broke fails its streams
             for job, _ in live:
                 self._drop(job, exc)
             return
+        except BaseException as exc:  # not the streams' fault: the engine goes down
+            self.crash = (live[0][0].stream_id, exc)
+            raise
         t3 = time.perf_counter()
         self.busy_seconds += t3 - t0
         share = 1e3 / len(live)  # each stream's share of the batch's time, in ms
@@ -381,7 +395,8 @@ class GenerationWorker:
             ms.update(plan=(t1 - t0) * share, denoise=(t2 - t1) * share, total=(t3 - t0) * share)
             ms["batch"] = len(live)
             chunk = Chunk(plan.chunk, job.epoch, f)
-            self._put(ChunkReady(job.stream_id, chunk, ms, job.stream.cache.nbytes))
+            snapshot = job.stream.snapshot().to_bytes()
+            self._put(ChunkReady(job.stream_id, chunk, ms, job.stream.cache.nbytes, snapshot))
 
     def _fresh(self, items: list[tuple[_Job, ChunkPlan]]) -> list[int]:
         """Indices of the items no waiting plan change has made stale (the rest counted)."""

@@ -4,8 +4,8 @@ stream what it gets alone."""
 from __future__ import annotations
 
 import torch
-
 from conftest import prompt_sensitive
+
 from memory.batch import batch_key, denoise_together
 from memory.stream import Stream
 from model.bundle import VideoModel

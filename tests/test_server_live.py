@@ -214,7 +214,7 @@ async def test_an_abandoned_stream_ends_after_the_grace_period_and_frees_everyth
     live = server.streams[stream]
     await s.close()
     async with asyncio.timeout(timeout(5)):
-        while stream in server.streams or stream in server.worker.stream_ids:
+        while stream in server.streams or stream in server.engine.stream_ids:
             await asyncio.sleep(0.05)
     assert live.ended and not live.viewers and not live.encoders
     assert live._task.done()

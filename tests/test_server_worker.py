@@ -177,3 +177,29 @@ def test_a_batching_worker_gives_each_stream_its_offline_frames_and_switches_exa
                 offline.set_prompt(A, at_chunk=1)
             expected = offline.next_chunk()
             assert np.abs(got[k][c].astype(int) - expected.astype(int)).max() <= 1, (k, c)
+
+
+def test_chunks_carry_the_snapshot_an_open_restores_from(tiny_model):
+    """Each chunk comes with the stream's snapshot after it; an OpenStream carrying that
+    snapshot, plan and epoch continues at the next chunk (after a re-cache) with the
+    chunks a Stream restored from it makes, and replaces a stream of the same id."""
+    from memory.snapshot import StreamSnapshot
+
+    worker = GenerationWorker(tiny_model, 2, 8, 8, 1, notify=lambda: None)
+    worker._open(OpenStream("s", A, 0))
+    worker.results.get_nowait()
+    for _ in range(3):
+        worker._generate(worker._jobs[0])
+    last = [worker.results.get_nowait() for _ in range(3)][-1]
+    assert last.chunk.index == 2 and last.snapshot is not None
+    plan = ((0, A), (3, B))
+    worker._open(OpenStream("s", A, 0, last.snapshot, plan, epoch=4, play_chunk=2))
+    opened = worker.results.get_nowait()
+    assert isinstance(opened, StreamOpened) and opened.chunk == 3
+    assert len(worker._jobs) == 1
+    worker._generate(worker._jobs[0])
+    ready = worker.results.get_nowait()
+    assert (ready.chunk.index, ready.chunk.epoch) == (3, 4)
+    expected = Stream.restore(tiny_model, StreamSnapshot.from_bytes(last.snapshot))
+    expected.set_prompt(B, at_chunk=3)
+    assert np.array_equal(ready.chunk.frames, expected.next_chunk())

@@ -25,6 +25,8 @@ def add_provenance_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--state-dir",
         metavar="DIR",
-        help="where the development C2PA key is kept (default ~/.cache/endless)",
+        help="state kept across restarts: each stream's snapshot (serve: every few seconds and "
+        "at shutdown; a server started again on DIR brings the streams back) and the "
+        "development C2PA key (default for the key: ~/.cache/endless)",
     )
     g.add_argument("--server-name", default="", help="name carried in the mark (default: host)")
