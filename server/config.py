@@ -39,6 +39,10 @@ class ServerConfig:
     torch_threads: int = 1  # intra-op threads of the one model worker
     dtype: str = "auto"  # "auto" (bf16 on a GPU or an AMX CPU, else fp32), "bf16" or "fp32"
     connect_timeout: float = 20.0  # a viewer that has not connected by then is dropped
+    engine: str = "local"  # "local": one supervised engine process; "ray": Ray actors
+    workers: int = 2  # --engine ray: model workers (one model on one GPU each)
+    ray_address: str | None = None  # --engine ray: join this cluster (None: start one locally)
+    gpus_per_worker: float = 1.0  # --engine ray: (logical) GPUs each worker asks for
     engine_max_deaths: int = 5  # deaths in a row, each soon after its start: "failed"
     engine_quick_seconds: float = 10.0  # a death this soon after the start counts as quick
     state_dir: str | None = None  # where each stream's snapshot is kept (None: nowhere)
@@ -65,6 +69,10 @@ class ServerConfig:
             raise ConfigError("ahead_chunks must be at least 1", value=self.ahead_chunks)
         if self.bitrate <= 0 or self.keyframe_seconds <= 0:
             raise ConfigError("bitrate and keyframe_seconds must be positive")
+        if self.engine not in ("local", "ray"):
+            raise ConfigError(f"unknown engine {self.engine!r}; known: local, ray", self.engine)
+        if self.workers < 1 or not self.gpus_per_worker > 0:
+            raise ConfigError("workers must be at least 1 and gpus_per_worker above 0")
         if self.torch_threads < 1:
             raise ConfigError("torch_threads must be at least 1", value=self.torch_threads)
         if self.dtype not in DTYPE_CHOICES:
