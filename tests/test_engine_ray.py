@@ -9,10 +9,7 @@ import os
 import signal
 import urllib.request
 
-import pytest
 from conftest import timeout
-
-pytest.importorskip("ray", reason="--engine ray needs the ray extra: pip install -e '.[ray]'")
 
 A = "a big red circle bouncing over the ocean"
 B = "a small blue square moving left in the snow"
