@@ -15,7 +15,7 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     || $PIP install -q torch
 fi
 if [ "${1:-}" = "--test" ]; then
-  $PIP install -q -e ".[test,wan]"
+  $PIP install -q -e ".[test,wan,ray]"
   # third-party players the browser tests load (a WHEP client, hls.js), pinned by the lock
   if command -v npm >/dev/null; then
     (cd tests/js && npm ci --no-audit --no-fund --silent)

@@ -231,6 +231,8 @@ class LiveServer:
             m.engine_state.labels(state).set_function(lambda s=state: float(self.state == s))
         for name in ("commands", "results"):
             m.watch_queue(name, lambda n=name: self.engine.queue_depths().get(n, 0))
+        for w in getattr(self.engine, "workers", ()):  # --engine ray: metrics per worker
+            m.watch_worker(w.name, w)
         await self.engine.start()
         if self.engine.state == "failed":
             raise request_error("engine_failed", f"the engine did not start: {self.engine_reason}")
@@ -262,6 +264,18 @@ class LiveServer:
             watermark=cfg.server_name if self.marker is not None else None,
         )
         fpc = sc.chunk_latent_frames * self.model.config.vae.time_stride
+        if cfg.engine == "ray":
+            from server.engine_ray import RayEngine  # imports Ray: only when asked for
+
+            return RayEngine(
+                source,
+                params,
+                self._notify,
+                workers=cfg.workers,
+                address=cfg.ray_address,
+                gpus_per_worker=cfg.gpus_per_worker,
+                chunk_seconds=fpc / sc.fps,
+            )
         return ProcessEngine(
             source,
             params,
@@ -394,7 +408,11 @@ class LiveServer:
         """A new engine holds no stream: re-open each from its snapshot, and the streams
         still being created as they were asked for."""
         self.metrics.engine_restarts.inc()
-        for stream in list(self.streams.values()):
+
+        def lost(stream_id: str) -> bool:  # a whole engine loses every stream
+            return info.streams is None or stream_id in info.streams
+
+        for stream in [s for s in self.streams.values() if lost(s.id)]:
             if stream.id in info.crashed:
                 stream.engine_crashes += 1
                 if stream.engine_crashes >= 2:  # it brings the engine down: not again
@@ -405,7 +423,8 @@ class LiveServer:
                 log.error("stream %s could not be restored: the engine is busy", stream.id)
                 self.end_stream(stream, "failed")
         for stream_id, (_, prompt, seed) in self._opening.items():
-            self.engine.submit(OpenStream(stream_id, prompt, seed))
+            if lost(stream_id):
+                self.engine.submit(OpenStream(stream_id, prompt, seed))
 
     def _opened(self, info: StreamOpened) -> None:
         if (live := self.streams.get(info.stream_id)) is not None:
@@ -794,11 +813,17 @@ class LiveServer:
             self._check_key(conn, msg)
         conn.presented = {i: r for i, r in conn.presented.items() if i in self.streams}
         shown = [
-            {**s.snapshot(), "role": conn.presented.get(s.id)}
+            {**self._listing(s), "role": conn.presented.get(s.id)}
             for s in self.streams.values()
             if conn.keyed or s.id in conn.presented
         ]
         return {"type": "streams", "streams": shown}
+
+    def _listing(self, stream: LiveStream) -> dict:
+        """A `streams` entry: the stream's stats and where it runs (`worker`, `worker_pid`)."""
+        where = getattr(self.engine, "placement", None)
+        placed = where(stream.id) if where else {"worker": "local", "worker_pid": self.engine.pid}
+        return {**stream.snapshot(), **placed}
 
     async def _on_stats(self, conn: Connection, msg: dict) -> dict:
         stream = self._stream(conn, msg, attach=False)

@@ -57,6 +57,10 @@ class ServerConfig:
     max_batch: int = 4  # streams whose chunks share one forward pass (1: one at a time)
     dtype: str = "auto"  # "auto" (bf16 on a GPU or an AMX CPU, else fp32), "bf16" or "fp32"
     connect_timeout: float = 20.0  # a viewer that has not connected by then is dropped
+    engine: str = "local"  # "local": one supervised engine process; "ray": Ray actors
+    workers: int = 2  # --engine ray: model workers (one model on one GPU each)
+    ray_address: str | None = None  # --engine ray: join this cluster (None: start one locally)
+    gpus_per_worker: float = 1.0  # --engine ray: (logical) GPUs each worker asks for
     engine_max_deaths: int = 5  # deaths in a row, each soon after its start: "failed"
     engine_quick_seconds: float = 10.0  # a death this soon after the start counts as quick
     state_dir: str | None = None  # where each stream's snapshot is kept (None: nowhere)
@@ -81,7 +85,6 @@ class ServerConfig:
     prompt_policy: str | None = None  # file of blocked words/patterns (--prompt-policy)
     c2pa_key: str | None = None  # PEM key and chain that sign recordings' C2PA manifests;
     c2pa_cert: str | None = None  # neither given: a development chain in state_dir
-    state_dir: str | None = None  # None: ~/.cache/endless
     # Outputs (server/outputs.py)
     record_dir: str = "recordings"  # where `record` writes <id>.mp4 (made when first needed)
     record_max_seconds: float = 6 * 3600.0  # a recording is finished at this length
@@ -101,6 +104,10 @@ class ServerConfig:
             raise ConfigError("bitrate and keyframe_seconds must be positive")
         if self.max_batch < 1:
             raise ConfigError("max_batch must be at least 1", value=self.max_batch)
+        if self.engine not in ("local", "ray"):
+            raise ConfigError(f"unknown engine {self.engine!r}; known: local, ray", self.engine)
+        if self.workers < 1 or not self.gpus_per_worker > 0:
+            raise ConfigError("workers must be at least 1 and gpus_per_worker above 0")
         if self.torch_threads < 1:
             raise ConfigError("torch_threads must be at least 1", value=self.torch_threads)
         if self.dtype not in DTYPE_CHOICES:

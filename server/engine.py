@@ -85,6 +85,9 @@ class StreamFailed:
 class EngineRestarted:
     generation: int  # 1 for the first engine, +1 per restart
     crashed: tuple[str, ...] = ()  # streams whose chunk was under way when it died
+    # the streams it lost, to be re-opened from their snapshots; None: every stream (a
+    # whole engine restarted), a tuple: one worker of several (server/engine_ray.py) died
+    streams: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,27 @@ class Metrics:
             ["state"],
             registry=r,
         )
+        self.worker_up = Gauge(
+            "endless_worker_up",
+            "1 while a model worker (--engine ray) is up",
+            ["worker"],
+            registry=r,
+        )
+        self.worker_streams = Gauge(
+            "endless_worker_streams", "Streams placed on a model worker", ["worker"], registry=r
+        )
+        self.worker_step_ms = Gauge(
+            "endless_worker_step_ms",
+            "A model worker's recent chunk time per stream (placement reads its headroom)",
+            ["worker"],
+            registry=r,
+        )
+        self.worker_restarts = Gauge(
+            "endless_worker_restarts",
+            "Times a model worker was started again",
+            ["worker"],
+            registry=r,
+        )
         self.engine_restarts = Counter(
             "endless_engine_restarts", "Engine process restarts after a death", registry=r
         )
@@ -118,6 +139,13 @@ class Metrics:
             self.held_frames.labels(reason)
         for result in ("written", "resumed", "skipped"):
             self.state_files.labels(result)
+
+    def watch_worker(self, name: str, worker) -> None:
+        """Export one Ray worker's state (server/engine_ray.py Worker) under its name."""
+        self.worker_up.labels(name).set_function(lambda: float(worker.up))
+        self.worker_streams.labels(name).set_function(lambda: len(worker.streams))
+        self.worker_step_ms.labels(name).set_function(lambda: worker.step_ms or 0.0)
+        self.worker_restarts.labels(name).set_function(lambda: worker.generation - 1)
 
     def watch_queue(self, name: str, depth: Callable[[], float]) -> None:
         self.queue_depth.labels(name).set_function(depth)

@@ -116,6 +116,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=d.max_batch,
         help="streams whose chunks share one forward pass (default %(default)s; 1: one at a time)",
     )
+    p.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default=d.engine,
+        help="local: the model in one supervised process; ray: streams on Ray actors, one "
+        "model per GPU worker, on any machine of a Ray cluster (default %(default)s)",
+    )
+    p.add_argument(
+        "--workers", type=int, default=d.workers, help="--engine ray: model workers (default 2)"
+    )
+    p.add_argument(
+        "--ray-address",
+        default=d.ray_address,
+        help="--engine ray: join the Ray cluster at ADDR (default: start a local one on 127.0.0.1)",
+    )
+    p.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        default=d.gpus_per_worker,
+        help="--engine ray: GPUs each worker asks Ray for (fractions share one; default 1)",
+    )
     add_dtype_option(p, default=d.dtype)
     add_sampling_options(p)  # for every stream
     add_provenance_options(p)
@@ -151,6 +172,10 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         grace_seconds=args.grace,
         torch_threads=args.threads,
         max_batch=args.max_batch,
+        engine=args.engine,
+        workers=args.workers,
+        ray_address=args.ray_address,
+        gpus_per_worker=args.gpus_per_worker,
         dtype=args.dtype,
         watermark=args.watermark,
         server_name=args.server_name,
