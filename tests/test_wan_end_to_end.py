@@ -110,11 +110,10 @@ def refused(capsys, tmp_path, *args) -> str:
 
 
 def test_bad_files_and_sizes_exit_2_with_a_clear_error(files, tmp_path, capsys):
-    """A missing base, a base without its VAE, a checkpoint without --base, a LoRA that
-    does not fit, a checkpoint whose shapes do not fit, a size off the 16-pixel grid and
-    a VAE file that is not one, a text encoder with a key missing, a GPU that is not there
-    each exit 2 with an error naming the problem, before anything
-    is written."""
+    """A missing base, a base without its VAE, a checkpoint without --base, a LoRA or a
+    checkpoint whose shapes do not fit, a size off the 16-pixel grid, a VAE file that is
+    not one, a text encoder missing a key and a GPU that is not there each exit 2 with an
+    error naming the problem, and no video is written."""
     base = str(files["original"])
     ckpt = f"self-forcing:{files['ckpt']}"
     assert "base directory not found" in refused(capsys, tmp_path, "--model", "wan:/nope")
