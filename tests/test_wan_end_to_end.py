@@ -4,6 +4,8 @@ aiortc viewer, with free-text prompts."""
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from conftest import timeout
@@ -113,10 +115,10 @@ def refused(capsys, tmp_path, *args) -> str:
 
 
 def test_bad_files_and_sizes_exit_2_with_a_clear_error(files, tmp_path, capsys):
-    """A missing base, a base without its VAE, a checkpoint without --base, a LoRA that
-    does not fit, a checkpoint whose shapes do not fit, a size off the 16-pixel grid and
-    a GPU that is not there each exit 2 with an error naming the problem, before anything
-    is written."""
+    """A missing base, a base without its VAE, a checkpoint without --base, a LoRA or a
+    checkpoint whose shapes do not fit, a size off the 16-pixel grid, a VAE file that is
+    not one, a text encoder missing a key and a GPU that is not there each exit 2 with an
+    error naming the problem, and no video is written."""
     base = str(files["original"])
     ckpt = f"self-forcing:{files['ckpt']}"
     assert "base directory not found" in refused(capsys, tmp_path, "--model", "wan:/nope")
@@ -142,6 +144,16 @@ def test_bad_files_and_sizes_exit_2_with_a_clear_error(files, tmp_path, capsys):
     assert "blocks.1.ffn.2.weight: checkpoint (32, 63) vs model (32, 64)" in err
     err = refused(capsys, tmp_path, "--model", ckpt, "--base", base, "--size", "60x32")
     assert "unsupported size 60x32" in err
+    odd = files["root"] / "odd_parts"
+    shutil.copytree(files["original"], odd, dirs_exist_ok=True)
+    torch.save({"foo": torch.zeros(1)}, odd / "Wan2.1_VAE.pth")
+    assert "is not a Wan VAE" in refused(capsys, tmp_path, "--model", f"wan:{odd}")
+    shutil.copy(files["original"] / "Wan2.1_VAE.pth", odd / "Wan2.1_VAE.pth")
+    t5 = torch.load(odd / "models_t5_umt5-xxl-enc-bf16.pth", weights_only=True)
+    del t5["blocks.1.ffn.fc2.weight"]
+    torch.save(t5, odd / "models_t5_umt5-xxl-enc-bf16.pth")
+    err = refused(capsys, tmp_path, "--model", f"wan:{odd}")
+    assert "missing 1 key(s)" in err and "layer.1.DenseReluDense.wo.weight" in err
     if not torch.cuda.is_available():
         err = refused(capsys, tmp_path, "--model", ckpt, "--base", base, "--device", "cuda")
         assert "there is no CUDA GPU here" in err

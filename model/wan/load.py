@@ -4,11 +4,14 @@
     self-forcing:CKPT / causvid:CKPT       a causal checkpoint on the base (--base DIR)
     longlive:CKPT [--lora LORA]            LongLive's, its LoRA merged at load
 
-Everything that can be checked is checked before a module is built: the files exist, the
-denoiser's keys and shapes fit (and the LoRA's), the size fits the VAE and patch, and the
-chosen device has the memory the family's preset says the model needs. Modules are built
-empty on the meta device and filled with `load_state_dict(assign=True, strict=True)`, so a
-failure leaves nothing half-loaded behind: the caller gets a CheckpointError / ConfigError.
+What can be checked before building is checked first: the files exist and read, the
+LoRA fits the denoiser, the size fits the VAE and patch, and the chosen device has the
+memory the family's preset (plus the VAE, umT5 and decoder states) says the model needs.
+Modules are then built empty on the meta device and filled with
+`load_state_dict(assign=True, strict=True)` after a fit check that names the first
+missing, unexpected or misshapen keys. The VideoModel is assembled only once all three
+parts are filled, so a failure leaves nothing half-loaded: the caller gets a
+CheckpointError / ConfigError and no model.
 """
 
 from __future__ import annotations
@@ -89,8 +92,6 @@ def _denoiser(spec: WanSpec, base: BaseDir):
     # heads show in no shape: the checkpoint's config.json, else its base's
     heads = heads_from_config(source) or heads_from_config(base.transformer)
     if spec.lora is not None:
-        if not spec.lora.is_file():
-            raise CheckpointError(f"LoRA file not found: {spec.lora}", value=str(spec.lora))
         state = merge_lora(state, spec.lora)
         description += f", LoRA {spec.lora.name} merged"
     return state, dit_config_from_state(state, heads), description
@@ -113,13 +114,18 @@ def _build_vae(config: dict, state, source: str) -> WanVAE:
     return WanVAE(vae.eval())
 
 
-def _build_text(config: dict, state, tokenizer_dir: Path, source: str) -> UMT5TextEncoder:
-    from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
+def _read_tokenizer(tokenizer_dir: Path):
+    from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+        return AutoTokenizer.from_pretrained(str(tokenizer_dir))
     except Exception as exc:  # transformers raises OSError, ValueError, ...
         raise CheckpointError(f"cannot read the tokenizer in {tokenizer_dir}: {exc}") from exc
+
+
+def _build_text(config: dict, state, tokenizer, source: str) -> UMT5TextEncoder:
+    from transformers import UMT5Config, UMT5EncoderModel
+
     with torch.device("meta"):
         encoder = UMT5EncoderModel(UMT5Config(**config))
     if "encoder.embed_tokens.weight" not in state and "shared.weight" in state:
@@ -183,6 +189,7 @@ def load_wan(
     state, dit_cfg, description = _denoiser(spec, base)
     vae_cfg, vae_state = vae_parts(base)
     text_cfg, text_state = text_parts(base)
+    tokenizer = _read_tokenizer(base.tokenizer)
     stream = family.stream
     width, height = size or (stream.width, stream.height)
     check_size(width, height, SPACE_STRIDE * max(dit_cfg.patch_size[1:]))
@@ -192,7 +199,7 @@ def load_wan(
     check_memory(family, dit_cfg, dtype, height, width, [vae_state, text_state], device, states)
     dit = _build_dit(dit_cfg, state, description)
     vae = _build_vae(vae_cfg, vae_state, str(base.vae))
-    text = _build_text(text_cfg, text_state, base.tokenizer, str(base.text_encoder))
+    text = _build_text(text_cfg, text_state, tokenizer, str(base.text_encoder))
     config = ModelConfig(
         name=spec.family,
         vae=VAEConfig(z_dim=vae.z_dim, time_stride=vae.time_stride, space_stride=vae.space_stride),
