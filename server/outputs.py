@@ -12,6 +12,7 @@ on another origin can read them.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import re
 from typing import TYPE_CHECKING, Any
@@ -37,13 +38,40 @@ HLS_FIRST_WAIT = 10.0  # seconds a first playlist request waits for segments to 
 RECORDING_NAME = re.compile(r"^([0-9a-f]{16})\.mp4$")
 
 
+class RecordingSigner:
+    """Signs each finished recording with a C2PA manifest (endless, the model, the time,
+    the stream's watermark payload) with the operator's key, or the development one."""
+
+    def __init__(self, server: LiveServer):
+        self.server = server
+        self._signer = None  # made at the first recording (a development key is made once)
+
+    def __call__(self, rec) -> None:
+        from server.provenance.c2pa_sign import ManifestInfo, sign_mp4, signer_config
+
+        cfg = self.server.config
+        if self._signer is None:
+            self._signer = signer_config(cfg.c2pa_key, cfg.c2pa_cert, cfg.state_dir)
+        marker = self.server.marker
+        extra = {"stream": rec.keys.id}
+        if marker is not None:
+            extra["watermark"] = marker.payload(rec.keys.id).as_dict()
+        created = dt.datetime.fromtimestamp(rec.started_at, dt.UTC)
+        info = ManifestInfo(
+            self.server.model.config.name, created, "endless recording", extra=extra
+        )
+        sign_mp4(rec.path, info, self._signer)
+
+
 class Outputs:
     def __init__(self, server: LiveServer):
         self.server = server
         cfg = server.config
         self.metrics = OutputMetrics(server.metrics.registry)
         self.whep = WhepEndpoint(server, self.metrics)
-        self.recordings = Recordings(cfg.record_dir, cfg.record_max_seconds, self.metrics)
+        self.recordings = Recordings(
+            cfg.record_dir, cfg.record_max_seconds, self.metrics, RecordingSigner(server)
+        )
         self.hls: dict[str, HlsSegmenter] = {}
         self.pushes: dict[str, dict[str, RtmpPush]] = {}  # stream id -> push id -> push
         self.osc: OscControl | None = None

@@ -55,6 +55,7 @@ class Recording(PacketSink):
         self.frames = 0
         self.last_pts = 0
         self.on_limit = None  # called once when the time limit is reached
+        self.sign = None  # called (in a thread) on the finished file: its C2PA manifest
 
     @property
     def url(self) -> str:
@@ -88,6 +89,11 @@ class Recording(PacketSink):
         if self.remux is not None:
             self.remux.close()
             self.partial.replace(self.path)
+            if self.sign is not None:
+                try:  # a manifest that cannot be signed never costs the recording
+                    self.sign(self)
+                except Exception:
+                    log.exception("recording %s: no C2PA manifest", self.id)
         self.finished = True
 
     def describe(self, state: str) -> dict[str, Any]:
@@ -105,8 +111,9 @@ class Recording(PacketSink):
 class Recordings:
     """Every recording of one server: at most one running per stream."""
 
-    def __init__(self, directory: str, max_seconds: float, metrics: OutputMetrics):
+    def __init__(self, directory: str, max_seconds: float, metrics: OutputMetrics, sign=None):
         self.directory = Path(directory)
+        self.sign = sign  # (Recording) -> None: signs a finished file (C2PA), or None
         self.max_seconds = max_seconds
         self.metrics = metrics
         self.running: dict[str, Recording] = {}  # stream id -> its running recording
@@ -125,6 +132,7 @@ class Recordings:
             ) from None
         rec = Recording(stream, self.directory, self.max_seconds, self.metrics)
         rec.on_limit = lambda r: self._spawn(self.stop(r.stream, "limit"))
+        rec.sign = self.sign
         self.running[stream.id] = rec
         stream.add_sink(rec)
         self.metrics.recordings.inc()
