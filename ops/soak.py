@@ -139,7 +139,7 @@ async def soak(args) -> dict:
                 except Exception as exc:  # rate limits, a restart under way
                     print(f"switch refused: {exc}", flush=True)
                 next_switch = now + rng.uniform(5, 20)
-            if now >= next_churn:
+            if args.churn and now >= next_churn:
                 if extra_viewers and (len(extra_viewers) >= 3 or rng.random() < 0.5):
                     v = extra_viewers.pop(rng.randrange(len(extra_viewers)))
                     await churn.request({"type": "unwatch", "viewer": v.id})
@@ -218,6 +218,12 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=60)
     p.add_argument("--kill-minutes", type=float, default=10, help="SIGKILL the engine this often")
     p.add_argument("--lost-seconds", type=float, default=15)
+    p.add_argument(
+        "--no-churn",
+        dest="churn",
+        action="store_false",
+        help="no viewers joining and leaving (to tell their memory from the rest)",
+    )
     p.add_argument("--model", default="tiny")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()

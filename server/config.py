@@ -66,7 +66,7 @@ class ServerConfig:
     state_dir: str | None = None  # where each stream's snapshot is kept (None: nowhere)
     state_seconds: float = 3.0  # how often the state directory is written
     resume_grace_seconds: float = 60.0  # a stream resumed from disk waits this for viewers
-    shutdown_seconds: float = 4.0  # the whole shutdown, however its clients behave
+    shutdown_seconds: float = 3.5  # the whole shutdown, however its clients behave (< 5 s)
     # Sampling of every stream; None keeps the model's own (its checkpoint's) setting.
     steps: int | None = None  # denoising steps per chunk
     guidance: float | None = None  # classifier-free guidance scale (1: off)

@@ -108,7 +108,7 @@ class ProcessEngine(Engine):
         await loop.run_in_executor(None, self._supervisor.join, timeout)
         if self._supervisor.is_alive():  # the process did not finish its chunk in time
             self._kill()
-            await loop.run_in_executor(None, self._supervisor.join, 2.0)
+            await loop.run_in_executor(None, self._supervisor.join, 1.0)
         return not self._supervisor.is_alive()
 
     def can_submit(self) -> bool:
