@@ -232,6 +232,7 @@ async def test_the_engine_process_runs_ahead_by_a_bounded_buffer_and_switches_ex
         switched = [r for r in await take(2) if play.accept(r.chunk)]
     finally:
         assert await engine.stop(timeout(10))
+    torch.set_num_threads(1)  # as the engine process runs (an in-process render may set 2)
     offline = Stream(tiny_model, A, seed=0)
     assert np.array_equal(chunks[0].chunk.frames, offline.next_chunk())
     offline.set_prompt(B, at_chunk=1)

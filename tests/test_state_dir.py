@@ -57,11 +57,11 @@ async def test_a_restarted_server_brings_back_ids_tokens_frame_count_and_scene(
     s = await session(first.ws_url)
     ids = [(await s.create(A, seed=k))["stream"] for k in (1, 2)]
     await s.prompt(ids[1], B)
-    for k, sid in enumerate(ids):  # as the roles-and-tokens code sets them
+    for k, sid in enumerate(ids):  # known tokens, to find them again after the restart
         first.streams[sid].control_token = f"control-{k}"
         first.streams[sid].view_token = f"view-{k}"
     before = record_chunks(first)
-    await s.watch(ids[0], keep_images=False)
+    await s.watch(ids[0], keep_images=False, token="view-0")
     async with asyncio.timeout(timeout(30)):  # each has shown more than a chunk
         while min(first.streams[sid].playout.next_frame for sid in ids) <= 14:
             await asyncio.sleep(0.05)
@@ -84,7 +84,7 @@ async def test_a_restarted_server_brings_back_ids_tokens_frame_count_and_scene(
         assert meta[sid]["chunk"] <= frame // live.fpc
         assert live.playout.plan.prompt_at(frame // live.fpc) == (A if k == 0 else B)
     s2 = await session(second.ws_url)
-    viewer = await s2.watch(ids[0])
+    viewer = await s2.watch(ids[0], token="view-0")  # the saved token watches again
     first_frame = await viewer.wait_index(meta[ids[0]]["frame"], timeout(20))
     assert viewer.index_of(first_frame) >= meta[ids[0]]["frame"]
     fpc = second.streams[ids[0]].fpc
