@@ -93,7 +93,8 @@ class ServerConfig:
     hls_idle_seconds: float = 20.0  # segmenting stops when no HLS request came for this long
     max_pushes_per_stream: int = 4  # RTMP destinations at once
     osc_port: int | None = None  # UDP port for OSC control (None: off; 0: any free one)
-    osc_host: str | None = None  # interface for OSC (None: the server's host)
+    osc_host: str = "127.0.0.1"  # interface for OSC (beyond loopback only with osc_key)
+    osc_key: str | None = None  # the first argument of every OSC message, when given
 
     def __post_init__(self) -> None:
         if self.codec not in CODECS:
@@ -102,6 +103,12 @@ class ServerConfig:
             raise ConfigError("ahead_chunks must be at least 1", value=self.ahead_chunks)
         if self.bitrate <= 0 or self.keyframe_seconds <= 0:
             raise ConfigError("bitrate and keyframe_seconds must be positive")
+        if self.osc_port is not None and self.osc_key is None and not _loopback(self.osc_host):
+            raise ConfigError(
+                f"refusing OSC on {self.osc_host} without --osc-key: anyone who reaches it "
+                "could steer every stream",
+                value=self.osc_host,
+            )
         if self.max_batch < 1:
             raise ConfigError("max_batch must be at least 1", value=self.max_batch)
         if self.engine not in ("local", "ray"):
@@ -141,3 +148,9 @@ class ServerConfig:
     @property
     def codec_mime(self) -> str:
         return CODECS[self.codec]
+
+
+def _loopback(host: str) -> bool:
+    from server.auth import is_loopback  # the one definition of "loopback"
+
+    return is_loopback(host)

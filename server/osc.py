@@ -1,14 +1,17 @@
 """OSC control over UDP (`endless serve --osc-port P`): what TouchDesigner, Resolume or a
 lighting desk sends, mapped onto the same stream controls as the websocket requests.
 
-Every message's first argument is the stream's control token (a string):
+    /endless/<stream>/prompt      text          switch the prompt now
+    /endless/<stream>/storyboard  at text ...   set the storyboard (pairs: seconds, prompt)
+    /endless/<stream>/cue         i             play storyboard item i now
+    /endless/<stream>/pause
+    /endless/<stream>/resume
+    /endless/prompt               text          the same, on the most recently created stream
 
-    /endless/<stream>/prompt      token text          switch the prompt now
-    /endless/<stream>/storyboard  token at text ...   set the storyboard (pairs: seconds, prompt)
-    /endless/<stream>/cue         token i             play storyboard item i now
-    /endless/<stream>/pause       token
-    /endless/<stream>/resume      token
-    /endless/prompt               token text          the same, on the newest stream
+OSC listens on loopback by default (`--osc-host 127.0.0.1`): only this machine's senders
+reach it. Bound beyond loopback it needs `--osc-key KEY`, and then every message's first
+argument is that key (checked in constant time); ServerConfig refuses the one without the
+other.
 
 Bad input (a malformed packet, an unknown address or stream, a wrong token, a prompt with
 unknown words, a flood past the rate limit) is counted in /metrics, logged at most once a
@@ -18,6 +21,7 @@ second, and dropped: OSC has no reply channel, and nothing it sends can stop a s
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -26,7 +30,6 @@ from pythonosc.osc_packet import OscPacket
 
 from model.errors import EndlessError
 from server import protocol
-from server.auth import require
 from server.protocol import request_error
 
 if TYPE_CHECKING:
@@ -113,10 +116,17 @@ class OscControl(asyncio.DatagramProtocol):
         handler = getattr(self, "_on_" + action, None)
         if handler is None:
             raise request_error("unknown_address", f"unknown OSC address {address[:200]!r}")
-        if not args:
-            raise request_error("unauthorized", "the first argument must be the control token")
-        require(stream, args[0], "control")
-        handler(stream, args[1:])
+        handler(stream, self._authorized(args))
+
+    def _authorized(self, args: list[Any]) -> list[Any]:
+        """The message's arguments after the --osc-key (none to check on loopback)."""
+        key = self.server.config.osc_key
+        if key is None:
+            return args
+        given = args[0] if args and isinstance(args[0], str) else ""
+        if not hmac.compare_digest(given.encode(), key.encode()):
+            raise request_error("unauthorized", "the first argument must be the --osc-key")
+        return args[1:]
 
     def _limit(self) -> None:
         if not self.prompts.take(time.monotonic()):

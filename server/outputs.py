@@ -81,8 +81,8 @@ class Outputs:
         cfg = self.server.config
         if cfg.osc_port is not None:
             self.osc = OscControl(self.server, self.metrics)
-            port = await self.osc.start(cfg.osc_host or cfg.host, cfg.osc_port)
-            log.info("OSC control on udp %s:%d", cfg.osc_host or cfg.host, port)
+            port = await self.osc.start(cfg.osc_host, cfg.osc_port)
+            log.info("OSC control on udp %s:%d", cfg.osc_host, port)
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
         self.whep.add_routes(router)

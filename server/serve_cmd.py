@@ -108,7 +108,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--osc-port", type=int, default=None, help="UDP port for OSC control (default: off)"
     )
     p.add_argument(
-        "--osc-host", default=None, help="interface for OSC (default: the server's --host)"
+        "--osc-host",
+        default=d.osc_host,
+        help="interface for OSC (default %(default)s; beyond loopback needs --osc-key)",
+    )
+    p.add_argument(
+        "--osc-key",
+        default=None,
+        help="the first argument every OSC message must carry (needed beyond loopback)",
     )
     p.add_argument(
         "--max-batch",
@@ -186,6 +193,7 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         record_dir=args.record_dir,
         osc_port=args.osc_port,
         osc_host=args.osc_host,
+        osc_key=args.osc_key,
         **sampling_changes(args),
     )
 
@@ -202,7 +210,7 @@ async def serve(config: ServerConfig) -> None:
     elif not is_loopback(config.host):
         print(f"endless: warning: serving {config.host} with no API key (--insecure)", flush=True)
     if server.outputs.osc is not None:
-        host = config.osc_host or config.host
+        host = config.osc_host
         print(f"endless: OSC control on udp {host}:{server.outputs.osc.port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

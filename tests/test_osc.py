@@ -7,6 +7,7 @@ import shutil
 import subprocess
 
 import numpy as np
+import pytest
 from conftest import timeout
 from pythonosc.udp_client import SimpleUDPClient
 from test_server_live import A, B, mse
@@ -14,6 +15,7 @@ from test_server_live import A, B, mse
 from memory.stream import Stream
 
 OSCSEND = shutil.which("oscsend") or "/usr/bin/oscsend"
+KEY = "osc-secret"
 
 
 async def _osc_stream(live_server, session, **config):
@@ -32,14 +34,14 @@ async def _until(condition, seconds: float = 10.0) -> None:
 async def test_an_osc_prompt_switches_the_stream_and_an_aiortc_viewer_sees_it(
     live_server, session, tiny_model
 ):
-    """/endless/<stream>/prompt token text from python-osc switches the prompt at the next
-    unplayed chunk; the websocket hears prompt_changed, and a WebRTC viewer's frames from
-    that frame on are nearer the new prompt's frames than the old one's."""
+    """/endless/<stream>/prompt text from python-osc (on loopback: no key) switches the
+    prompt at the next unplayed chunk; the websocket hears prompt_changed, and a WebRTC
+    viewer's frames from that frame on are nearer the new prompt's frames than the old."""
     server, s, created, osc = await _osc_stream(live_server, session)
     stream = created["stream"]
     viewer = await s.watch(stream)
     await viewer.wait_frames(30, timeout(15))
-    osc.send_message(f"/endless/{stream}/prompt", [created["control_token"], B])
+    osc.send_message(f"/endless/{stream}/prompt", B)
     changed = await s.wait_event(lambda e: e["type"] == "prompt_changed", timeout(10))
     frame, fpc = changed["frame"], created["frames_per_chunk"]
     assert changed["prompt"] == B and frame % fpc == 0
@@ -64,10 +66,10 @@ async def test_an_osc_prompt_switches_the_stream_and_an_aiortc_viewer_sees_it(
 async def test_oscsend_from_liblo_drives_prompt_pause_resume_storyboard_and_cue(
     live_server, session
 ):
-    """Debian's oscsend (liblo) sends prompt, pause, resume, a storyboard and a cue; the
-    short address /endless/prompt reaches the newest stream."""
-    server, s, created, _ = await _osc_stream(live_server, session)
-    stream, token = created["stream"], created["control_token"]
+    """Debian's oscsend (liblo) sends prompt, pause, resume, a storyboard and a cue, each
+    led by the --osc-key; the short address /endless/prompt reaches the newest stream."""
+    server, s, created, _ = await _osc_stream(live_server, session, osc_key=KEY)
+    stream, token = created["stream"], KEY
     (live,) = server.streams.values()
     port = str(server.outputs.osc.port)
 
@@ -95,11 +97,11 @@ async def test_oscsend_from_liblo_drives_prompt_pause_resume_storyboard_and_cue(
 
 
 async def test_bad_osc_input_is_counted_and_never_stops_the_stream(live_server, session):
-    """Garbage, unknown addresses and streams, missing or view tokens, unknown words, bad
-    cues and a flood are refused and counted; the stream plays on and a good message
+    """Garbage, unknown addresses and streams, a missing or wrong --osc-key, unknown words,
+    bad cues and a flood are refused and counted; the stream plays on and a good message
     afterwards still works."""
-    server, s, created, osc = await _osc_stream(live_server, session)
-    stream, control = created["stream"], created["control_token"]
+    server, s, created, osc = await _osc_stream(live_server, session, osc_key=KEY)
+    stream, control = created["stream"], KEY
     (live,) = server.streams.values()
     await _until(lambda: live.playout.tick > 0)
     sock = osc._sock
@@ -110,7 +112,8 @@ async def test_bad_osc_input_is_counted_and_never_stops_the_stream(live_server, 
         (f"/endless/{stream}/explode", [control]),
         ("/endless/nosuch/prompt", [control, B]),
         (f"/endless/{stream}/prompt", []),
-        (f"/endless/{stream}/prompt", [created["view_token"], B]),
+        (f"/endless/{stream}/prompt", ["not the key", B]),
+        (f"/endless/{stream}/prompt", [B]),
         (f"/endless/{stream}/prompt", [control, "a glittering unicorn"]),
         (f"/endless/{stream}/prompt", [control, 42]),
         (f"/endless/{stream}/cue", [control, 5]),
@@ -138,3 +141,15 @@ async def test_bad_osc_input_is_counted_and_never_stops_the_stream(live_server, 
 
 def _errors(server) -> float:
     return server.outputs.metrics.osc_messages.labels("error")._value.get()
+
+
+def test_osc_beyond_loopback_needs_a_key():
+    """OSC bound beyond loopback without --osc-key is refused with a clear error; with a
+    key, or on loopback, it is accepted."""
+    from model.errors import ConfigError
+    from server.config import ServerConfig
+
+    with pytest.raises(ConfigError, match="without --osc-key"):
+        ServerConfig(osc_port=0, osc_host="0.0.0.0")
+    ServerConfig(osc_port=0, osc_host="0.0.0.0", osc_key="k")
+    ServerConfig(osc_port=0)  # 127.0.0.1
