@@ -134,6 +134,8 @@ async def main(args: argparse.Namespace) -> dict:
         config = ServerConfig(
             grace_seconds=1.0,
             codec=args.codec,
+            torch_threads=args.threads,
+            max_batch=args.max_batch,
             **sampling_changes(args),
         )
         server = await LiveServer(config, model).start()
@@ -205,6 +207,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="concurrent stream counts to measure jitter and stalls at",
     )
     p.add_argument("--seconds", type=float, default=10.0, help="seconds per concurrency level")
+    p.add_argument("--threads", type=int, default=1, help="the engine's torch threads (default 1)")
+    p.add_argument(
+        "--max-batch", type=int, default=4, help="streams batched per forward pass (default 4)"
+    )
     add_sampling_options(p)  # for the in-process server
     p.add_argument("--json", type=Path, help="also write the figures here")
     return p.parse_args(argv)
