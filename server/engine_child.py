@@ -71,6 +71,28 @@ class EngineParams:
     watermark: str | None = None  # the server name the frames are marked with (None: off)
 
 
+def engine_model(source: ModelSource, params: EngineParams):
+    """The model an engine runs: loaded in its own process, with the server's sampling."""
+    torch.set_num_threads(params.torch_threads)
+    model = source.load()
+    model.with_sampler(**params.sampler_changes)
+    return model
+
+
+def worker_for(model, params: EngineParams) -> GenerationWorker:
+    """The GenerationWorker an engine runs its streams on (not started)."""
+    return GenerationWorker(
+        model,
+        params.ahead_chunks,
+        params.command_queue,
+        params.result_queue,
+        params.torch_threads,
+        notify=lambda: None,
+        mark=marker_of(params),
+        max_batch=params.max_batch,
+    )
+
+
 def marker_of(params: EngineParams):
     """The watermarking step the engine applies to each chunk (None when unmarked)."""
     if params.watermark is None:
@@ -84,24 +106,13 @@ def main(conn, source: ModelSource, params: EngineParams, ring: tuple, free_slot
     """The engine process's entry point (multiprocessing target)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=params.log_level, format="%(asctime)s engine %(message)s")
-    torch.set_num_threads(params.torch_threads)
     try:
-        model = source.load()
-        model.with_sampler(**params.sampler_changes)
+        model = engine_model(source, params)
     except Exception as exc:
         log.exception("the engine could not load its model")
         conn.send(("fatal", f"cannot load the model: {exc}"))
         os._exit(EXIT_FATAL)
-    worker = GenerationWorker(
-        model,
-        params.ahead_chunks,
-        params.command_queue,
-        params.result_queue,
-        params.torch_threads,
-        notify=lambda: None,
-        mark=marker_of(params),
-        max_batch=params.max_batch,
-    )
+    worker = worker_for(model, params)
     frames = FrameRing.attach(*ring)
     threading.Thread(target=_read, args=(conn, worker), name="engine-read", daemon=True).start()
     worker.start()

@@ -18,10 +18,7 @@ import logging
 import os
 import queue
 
-import torch
-
-from server.engine_child import EngineParams, ModelSource, marker_of
-from server.worker import GenerationWorker
+from server.engine_child import EngineParams, ModelSource, engine_model, worker_for
 
 log = logging.getLogger(__name__)
 
@@ -29,19 +26,7 @@ log = logging.getLogger(__name__)
 class EngineActor:
     def __init__(self, source: ModelSource, params: EngineParams):
         logging.basicConfig(level=params.log_level, format="%(asctime)s ray-worker %(message)s")
-        torch.set_num_threads(params.torch_threads)
-        model = source.load()
-        model.with_sampler(**params.sampler_changes)
-        self.worker = GenerationWorker(
-            model,
-            params.ahead_chunks,
-            params.command_queue,
-            params.result_queue,
-            params.torch_threads,
-            notify=lambda: None,
-            mark=marker_of(params),
-            max_batch=params.max_batch,
-        )
+        self.worker = worker_for(engine_model(source, params), params)
         self.worker.start()
 
     def pid(self) -> int:
