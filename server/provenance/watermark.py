@@ -91,13 +91,11 @@ def high_pass(g: np.ndarray) -> np.ndarray:
 
 
 def _box_mean(a: np.ndarray, r: int) -> np.ndarray:
-    """Mean over a (2r+1)^2 window (edges repeated), via cumulative sums."""
-    p = np.pad(a, r, mode="edge")
-    c = np.cumsum(np.cumsum(p, 0), 1)
-    c = np.pad(c, ((1, 0), (1, 0)))
+    """Mean over a (2r+1)^2 window (edges repeated): separable running sums of shifts."""
     n = 2 * r + 1
-    s = c[n:, n:] - c[:-n, n:] - c[n:, :-n] + c[:-n, :-n]
-    return s / (n * n)
+    p = np.pad(a, r, mode="edge")
+    rows = sum(p[i : i + a.shape[0]] for i in range(n))  # (H, W + 2r)
+    return sum(rows[:, j : j + a.shape[1]] for j in range(n)) / (n * n)
 
 
 @lru_cache(maxsize=8)
