@@ -314,7 +314,9 @@ def main() -> None:
     t0 = time.perf_counter()
     if args.captures:  # a section with a count of 0 is skipped
         print("live captures (aiortc viewer, VP8 500 kbit/s -> H.264 crf 26):")
-        figures["live"] = asyncio.run(capture_live(model, args.captures, args.seed))
+        # its own model: the server applies its sampling settings (no warm-up) to the model
+        live_model = VideoModel.load_default()
+        figures["live"] = asyncio.run(capture_live(live_model, args.captures, args.seed))
     if args.renders:
         print("offline renders:")
         figures["offline"] = bench_renders(model, args.renders, args.seed)
