@@ -159,6 +159,42 @@ def av_frames(path):
             yield f.to_ndarray(format="rgb24")
 
 
+# -- the evaluator with and without the mark, over several payloads -----------------------------
+def bench_adherence(model: VideoModel, n: int, payloads: int, seed: int) -> dict:
+    """Adherence ("all") of n 2 s clips unmarked and marked with `payloads` payloads each,
+    as frames and as the crf 18 files a render writes."""
+    from memory.stream import Stream
+
+    wm = Watermarker()
+    raw, marked, raw_file, marked_file, better, worse = [], [], [], [], 0, 0
+    for i, prompt in enumerate(evaluation_prompts(n, seed=seed)):
+        stream = Stream(model, prompt, seed=i)
+        frames = np.concatenate([stream.next_chunk() for _ in range(4)])
+
+        def score(clip, prompt=prompt):
+            return evaluate_frames(clip, [(0.0, prompt)]).adherence["all"]
+
+        r, rf = score(frames), score(h264(frames, crf=18))
+        for k in range(payloads):
+            m = wm.mark(frames, Payload.make("bench", f"s{k}", 1_790_000_000 + 60 * k))
+            sm = score(m)
+            raw.append(r)
+            raw_file.append(rf)
+            marked.append(sm)
+            marked_file.append(score(h264(m, crf=18)))
+            better += sm > r
+            worse += sm < r
+    return {
+        "clips": n,
+        "payloads_each": payloads,
+        "frames_unmarked": round(statistics.mean(raw), 4),
+        "frames_marked": round(statistics.mean(marked), 4),
+        "clip_payload_pairs_better_worse": [better, worse],
+        "files_crf18_unmarked": round(statistics.mean(raw_file), 4),
+        "files_crf18_marked": round(statistics.mean(marked_file), 4),
+    }
+
+
 # -- live viewer captures ----------------------------------------------------------------------
 async def capture_live(model: VideoModel, n: int, seed: int) -> dict:
     from client.session import LiveSession
@@ -304,6 +340,8 @@ def main() -> None:
     ap.add_argument("--nulls", type=int, default=120, help="clips never marked (half renderer)")
     ap.add_argument("--large", type=int, default=6, help="832x480 clips")
     ap.add_argument("--dwtdct", type=int, default=6, help="clips for the DWT-DCT comparison")
+    ap.add_argument("--adherence", type=int, default=0, help="clips for the adherence study")
+    ap.add_argument("--payloads", type=int, default=8, help="payloads per adherence clip")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json")
@@ -330,6 +368,9 @@ def main() -> None:
     if args.dwtdct:
         print("invisible-watermark DWT-DCT:")
         figures["dwtdct"] = bench_dwtdct(args.dwtdct, args.seed)
+    if args.adherence:
+        print("adherence with and without the mark:")
+        figures["adherence"] = bench_adherence(model, args.adherence, args.payloads, args.seed)
     figures["wall_seconds"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(figures, indent=2))
     if args.json:
