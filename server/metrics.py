@@ -7,16 +7,8 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-STAGES = (
-    "text",
-    "plan",
-    "recache",
-    "denoise",
-    "cache",
-    "decode",
-    "mark",
-    "total",
-)  # Stream.stats.ms
+# Stream.stats.ms stages, and the watermark ("mark") the model worker adds
+STAGES = ("text", "plan", "recache", "denoise", "cache", "decode", "mark", "total")
 STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
 ENCODE_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064)
 

@@ -67,6 +67,17 @@ def progress_bar(p: RenderProgress) -> None:
     sys.stderr.flush()
 
 
+def check_policy(policy: PromptPolicy, timeline: list[tuple[float, str]], board: bool) -> None:
+    """Every prompt of the timeline against the operator's policy, before any work."""
+    for i, (_, text) in enumerate(timeline):
+        try:
+            policy.check(text)
+        except PromptRefused as err:
+            if board:
+                err.message = f"storyboard item {i}: {err.message}"
+            raise
+
+
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="endless render: %(levelname)s %(message)s")
     if (args.prompt is None) == (args.storyboard is None):
@@ -88,14 +99,7 @@ def run(args: argparse.Namespace) -> int:
     if not os.access(out.parent, os.W_OK):
         raise RenderError(f"output folder {out.parent} is not writable", value=str(out))
     if args.prompt_policy:
-        policy = PromptPolicy.load(args.prompt_policy)
-        for i, (_, text) in enumerate(timeline):
-            try:
-                policy.check(text)
-            except PromptRefused as err:
-                if args.storyboard is not None:
-                    err.message = f"storyboard item {i}: {err.message}"
-                raise
+        check_policy(PromptPolicy.load(args.prompt_policy), timeline, args.storyboard is not None)
     signer = signer_config(args.c2pa_key, args.c2pa_cert, args.state_dir) if args.c2pa else None
     model = resolve_model(
         args.model, args.threads, args.dtype, args.base, args.lora, args.size, args.device
@@ -127,9 +131,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"watermark: {extra['watermark']}")
     if signer is not None:
         sign_mp4(out, ManifestInfo(args.model, started, extra=extra), signer)
-        print(
-            f"C2PA manifest signed by {signer.cert}" + (" (development key)" * signer.development)
-        )
+        dev = " (a development key)" if signer.development else ""
+        print(f"C2PA manifest signed with {signer.cert}{dev}")
     print(
         f"wrote {result.path} ({result.frames} frames, {result.video_seconds:.1f} s) in "
         f"{result.wall_seconds:.1f} s: realtime x{result.realtime_factor:.2f}"

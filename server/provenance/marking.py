@@ -33,9 +33,6 @@ class StreamMarker:
             self._payloads[stream_id] = p
         return p
 
-    def forget(self, stream_id: str) -> None:
-        self._payloads.pop(stream_id, None)
-
     def mark(self, stream_id: str, frames: np.ndarray) -> np.ndarray:
         """uint8 (T, H, W, 3) -> the same frames carrying the stream's mark."""
         return self.watermarker.mark(frames, self.payload(stream_id))
