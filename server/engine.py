@@ -23,6 +23,7 @@ submits each of its streams again as an `OpenStream` carrying the stream's last 
 
 from __future__ import annotations
 
+import queue
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -97,6 +98,16 @@ class EngineStateChanged:
 
 
 Result = StreamOpened | ChunkReady | StreamFailed | EngineRestarted | EngineStateChanged
+
+
+def drain_queue(q) -> list:
+    """Everything waiting in a queue.Queue now, without waiting (the engines' drain)."""
+    out = []
+    while True:
+        try:
+            out.append(q.get_nowait())
+        except queue.Empty:
+            return out
 
 
 class Engine(ABC):

@@ -39,6 +39,7 @@ from server.engine import (
     EngineStateChanged,
     OpenStream,
     Result,
+    drain_queue,
 )
 from server.engine_child import EngineParams, ModelSource
 from server.frame_ring import FrameRing
@@ -136,12 +137,7 @@ class ProcessEngine(Engine):
         self._wake.set()
 
     def drain(self) -> list[Result]:
-        out = []
-        while True:
-            try:
-                out.append(self._results.get_nowait())
-            except queue.Empty:
-                return out
+        return drain_queue(self._results)
 
     def queue_depths(self) -> dict[str, int]:
         return {"commands": self._commands.qsize(), "results": self._results.qsize()}

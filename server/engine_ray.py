@@ -41,6 +41,7 @@ from server.engine import (
     OpenStream,
     Result,
     StreamOpened,
+    drain_queue,
 )
 from server.engine_child import EngineParams, ModelSource
 
@@ -269,12 +270,7 @@ class RayEngine(Engine):
                 worker.send("close", [stream_id])
 
     def drain(self) -> list[Result]:
-        out = []
-        while True:
-            try:
-                out.append(self._results.get_nowait())
-            except queue.Empty:
-                return out
+        return drain_queue(self._results)
 
     def queue_depths(self) -> dict[str, int]:
         return {"results": self._results.qsize()}
