@@ -189,6 +189,8 @@ class Viewer:
                 await self._new_frame.wait()
 
     async def close(self) -> None:
+        if self.id is not None:
+            self.session._viewers.pop(self.id, None)
         await self.pc.close()
         if self._task is not None:
             self._task.cancel()

@@ -52,6 +52,7 @@ from server.engine import (
 )
 from server.engine_child import EngineParams, ModelSource
 from server.engine_process import ProcessEngine
+from server.heap_trim import HeapTrimmer
 from server.http_routes import HttpFront
 from server.ice import offered_addresses
 from server.live import LiveStream
@@ -184,6 +185,7 @@ class LiveServer:
         self.shutting_down = False
         self.ice_addresses: tuple[str, ...] | None = None  # None: every host address
         self.encode_pool: ThreadPoolExecutor | None = None
+        self.heap = HeapTrimmer()  # freed peer memory back to the OS (viewers come and go)
         # streams asked of the worker, not opened yet: id -> (creator's future, prompt, seed)
         self._opening: dict[str, tuple[asyncio.Future[LiveStream], str, int]] = {}
         self._closing: set[asyncio.Task] = set()
@@ -247,6 +249,7 @@ class LiveServer:
         self._ws_server = HttpFront(self)
         self.port = await self._ws_server.start(cfg.host, cfg.port)
         await self.outputs.start()  # OSC, when asked for
+        self.heap.start()
         self.ready.set()
         return self
 
@@ -319,6 +322,7 @@ class LiveServer:
             return max(0.05, min(most, end - loop.time()))
 
         self.shutting_down = True
+        self.heap.stop()
         if self._ws_server is not None:
             self._ws_server.stop_accepting()  # 1. stop accepting
         for conn in list(self.connections):  # 2. tell clients
@@ -507,6 +511,7 @@ class LiveServer:
                 await stream.remove_viewer(viewer_id, "disconnected")
             self.connections.discard(conn)
             self.metrics.connections.dec()
+            self.heap.soon()
 
     async def _on_message(self, conn: Connection, raw: str | bytes) -> None:
         seq = None

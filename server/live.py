@@ -408,6 +408,7 @@ class LiveStream:
         viewer.conn.send(
             {"type": "viewer_closed", "stream": self.id, "viewer": viewer_id, "reason": reason}
         )
+        self.server.heap.soon()
         self.release_if_unused()
 
     # -- events ----------------------------------------------------------------------------
