@@ -16,14 +16,17 @@ context frames, so a stream can re-index its window and never overflow a positio
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.attn_context import AttnContext, ContextLayer
 from model.config import DiTConfig
+from model.rotary import Rope3D, apply_rope
 from model.teacher_forcing import TeacherForcingLayout
+
+__all__ = ["AttnContext", "Rope3D", "WanModel", "apply_rope", "block_causal_mask"]
 
 
 def sinusoidal_embedding_1d(dim: int, position: torch.Tensor) -> torch.Tensor:
@@ -56,60 +59,12 @@ class WanLayerNorm(nn.LayerNorm):
         return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).type_as(x)
 
 
-class Rope3D:
-    """3D rotary embedding: head_dim split into time / height / width parts (Wan's split)."""
-
-    def __init__(self, head_dim: int, theta: float = 10000.0):
-        assert head_dim % 2 == 0
-        d = head_dim
-        parts = (d - 4 * (d // 6), 2 * (d // 6), 2 * (d // 6))  # (t, h, w)
-        self.inv_freq = [
-            1.0 / theta ** (torch.arange(0, p, 2, dtype=torch.float64) / p) for p in parts
-        ]
-
-    def angles(self, t: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        """Angles (len(t)*h*w, head_dim/2) for frames at time positions t, frame-major,
-        computed in float64 on t's device (no copy of t back to the host)."""
-        dev = t.device
-        inv_t, inv_h, inv_w = (f.to(dev) for f in self.inv_freq)
-        grid_t = torch.outer(t.double(), inv_t)  # (F, dt/2)
-        grid_h = torch.outer(torch.arange(h, dtype=torch.float64, device=dev), inv_h)
-        grid_w = torch.outer(torch.arange(w, dtype=torch.float64, device=dev), inv_w)
-        n_t = len(t)
-        a = torch.cat(
-            [
-                grid_t[:, None, None, :].expand(n_t, h, w, -1),
-                grid_h[None, :, None, :].expand(n_t, h, w, -1),
-                grid_w[None, None, :, :].expand(n_t, h, w, -1),
-            ],
-            dim=-1,
-        )
-        return a.reshape(n_t * h * w, -1).float()
-
-
-def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
-    """Rotate adjacent pairs of x (B, N, heads, hd) by angles (N, hd/2)."""
-    cos = torch.cos(angles)[None, :, None, :].to(x.dtype)
-    sin = torch.sin(angles)[None, :, None, :].to(x.dtype)
-    x1, x2 = x[..., 0::2], x[..., 1::2]
-    out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
-    return out.flatten(-2)
-
-
 def attend(q: torch.Tensor, k: torch.Tensor, values: torch.Tensor, mask) -> torch.Tensor:
     """q, k (B, heads, N, hd) and values (B, Nk, heads, hd) -> (B, N, heads, hd)."""
     values = values.transpose(1, 2)
     if isinstance(mask, TeacherForcingLayout):  # training: same result, far less work
         return mask.attend(q, k, values).transpose(1, 2)
     return F.scaled_dot_product_attention(q, k, values, attn_mask=mask).transpose(1, 2)
-
-
-@dataclass
-class AttnContext:
-    """Keys/values a chunk attends to besides itself, one (k, v) per layer, pre-rotary."""
-
-    kv: list[tuple[torch.Tensor, torch.Tensor]]  # each (B, Nctx, heads, head_dim)
-    angles: torch.Tensor  # (Nctx, head_dim/2) rotary angles of the context tokens
 
 
 class WanSelfAttention(nn.Module):
@@ -159,15 +114,15 @@ class WanSelfAttention(nn.Module):
         q = apply_rope(q, angles)
         k = apply_rope(k_raw, angles)
         if ctx_kv is not None:  # one cached context serves a batch (e.g. CFG's pair)
-            ck, cv = (t.to(x.dtype).expand(b, -1, -1, -1) for t in ctx_kv)
-            k = torch.cat([apply_rope(ck, ctx_angles), k], dim=1)
-            v_all = torch.cat([cv, v], dim=1)
+            if not isinstance(ctx_kv, ContextLayer):  # pre-rotary (k, v)
+                ctx_kv = ContextLayer(*ctx_kv, ctx_angles)
+            k, v_all = ctx_kv.join(k, v)
         else:
             v_all = v
         q, k = q.transpose(1, 2), k.transpose(1, 2)
         y = self.o(attend(q, k, v_all, mask).reshape(b, n, -1))
         if self.o_rel is not None:  # a second call: CPU kernels fuse only equal q/v widths
-            key_angles = angles if ctx_kv is None else torch.cat([ctx_angles, angles])
+            key_angles = angles if ctx_kv is None else torch.cat([ctx_kv.angles, angles])
             rel = apply_rope(attend(q, k, apply_rope(v_all, key_angles), mask), -angles)
             y = y + self.o_rel(rel.reshape(b, n, -1))
         return y, (k_raw, v)
@@ -369,7 +324,7 @@ class WanModel(nn.Module):
         angles = self.frame_angles(positions, x.shape[3], x.shape[4])
         kvs = []
         for i, block in enumerate(self.blocks):
-            ctx_kv = ctx.kv[i] if ctx is not None else None
+            ctx_kv = ctx.layer(i) if ctx is not None else None  # rotated once per chunk
             ctx_angles = ctx.angles if ctx is not None else None
             tokens, kv = block(tokens, e0, frames, angles, text, ctx_kv, ctx_angles, mask)
             if return_kv:
