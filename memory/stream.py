@@ -24,7 +24,7 @@ from model.bundle import VideoModel
 from model.chunk_frames import ChunkFrames
 from model.dit import AttnContext, block_causal_mask, chunk_prev
 from model.errors import EndlessError
-from model.sampler import Cond, FlowSampler
+from model.sampler import Cond, FlowSampler, full_steps
 from model.storyboard import chunk_at
 from model.text import EncodedPrompt
 from model.vae import frames_to_tensor, tensor_to_frames
@@ -104,6 +104,7 @@ class Stream:
         self.seed = seed
         # sampling is the model's config at this moment (model.with_sampler sets it)
         self.sampler = FlowSampler(cfg.sampler)
+        self.step_limit: int | None = None  # fewer steps than the sampler's (load policy)
         sc = cfg.stream
         self.fps = sc.fps
         self.height, self.width = sc.height, sc.width
@@ -386,7 +387,8 @@ class Stream:
 
     @property
     def steps(self) -> int:
-        return self.sampler.cfg.steps
+        full = full_steps(self.sampler.cfg)
+        return full if self.step_limit is None else max(1, min(full, self.step_limit))
 
     @property
     def guidance(self) -> float:

@@ -40,6 +40,11 @@ def training_schedule(shift: float) -> torch.Tensor:
     return shift_sigma(torch.linspace(1.0, 0.0, TRAIN_STEPS + 1)[:-1], shift)
 
 
+def full_steps(cfg: SamplerConfig) -> int:
+    """The denoising steps of a chunk under `cfg`: its published timesteps' count, if any."""
+    return len(cfg.timesteps) if cfg.timesteps is not None else cfg.steps
+
+
 def x0_levels(cfg: SamplerConfig, steps: int) -> list[tuple[float, float]]:
     """(told, sigma) per step of the x0_renoise sampler: the level the model is told (its
     timestep / 1000) and the level the latents are at (the training schedule's level
@@ -120,7 +125,7 @@ class FlowSampler:
         `(x, sigma, conds)`, is sent back that call's velocity, and returns the sample.
         `sample` answers one call at a time; memory/batch.py walks several streams in
         lockstep and answers all their calls with one batched forward pass."""
-        steps = steps or self.cfg.steps
+        steps = steps or full_steps(self.cfg)
         guidance = self.cfg.guidance if guidance is None else guidance
         lo, hi = self.cfg.guidance_interval if interval is None else interval
         motion = self.cfg.motion_guidance if motion_guidance is None else motion_guidance
@@ -131,7 +136,10 @@ class FlowSampler:
         if self.cfg.mode == "x0_renoise":
             if key is None:
                 raise ValueError("the x0_renoise sampler needs key=(seed, chunk)")
-            return (yield from self._x0_renoise(noise, guided, x0_levels(self.cfg, steps), key))
+            levels = x0_levels(self.cfg, steps)
+            # fewer steps than published (an overloaded engine): stop at the step's x0,
+            # as Self-Forcing's training exits a rollout at a random step
+            return (yield from self._x0_renoise(noise, guided, levels[:steps], key))
         sched = sigmas(steps, self.cfg.shift).tolist()
         x = noise
         for s, s_next in zip(sched[:-1], sched[1:], strict=True):

@@ -100,14 +100,17 @@ async def soak(args) -> dict:
     rng = random.Random(args.seed)
     streams: list[SoakStream] = []
     extra_viewers: list = []
+    view_tokens: dict[str, str] = {}
     sessions = []
     try:
         for i in range(args.streams):
             s = await LiveSession(ws).connect(30)
             sessions.append(s)
-            sid = (await s.create(PROMPTS[i % len(PROMPTS)], seed=i))["stream"]
+            created = await s.create(PROMPTS[i % len(PROMPTS)], seed=i)
+            sid = created["stream"]
             v = await s.watch(sid, keep_images=False, history=64)
             streams.append(SoakStream(s, sid, v))
+            view_tokens[sid] = created["view_token"]  # the churning viewers watch by share link
         churn = await LiveSession(ws).connect(30)
         sessions.append(churn)
         t0 = time.monotonic()
@@ -142,11 +145,16 @@ async def soak(args) -> dict:
             if args.churn and now >= next_churn:
                 if extra_viewers and (len(extra_viewers) >= 3 or rng.random() < 0.5):
                     v = extra_viewers.pop(rng.randrange(len(extra_viewers)))
-                    await churn.request({"type": "unwatch", "viewer": v.id})
+                    token = view_tokens[v.stream]
+                    unwatch = {"type": "unwatch", "stream": v.stream, "viewer": v.id}
+                    await churn.request(unwatch | {"token": token})
                     await v.close()
                 else:
                     st = rng.choice(streams)
-                    extra_viewers.append(await churn.watch(st.id, keep_images=False, history=8))
+                    token = view_tokens[st.id]
+                    extra_viewers.append(
+                        await churn.watch(st.id, keep_images=False, history=8, token=token)
+                    )
                 next_churn = now + rng.uniform(5, 20)
             if now >= next_kill:
                 health = json.loads(http_get(url + "healthz", "application/json"))

@@ -56,6 +56,7 @@ from server.heap_trim import HeapTrimmer
 from server.http_routes import HttpFront
 from server.ice import offered_addresses
 from server.live import LiveStream
+from server.load_policy import EngineLoad
 from server.metrics import Metrics
 from server.outputs import Outputs
 from server.protocol import field, request_error
@@ -186,6 +187,7 @@ class LiveServer:
         self.ice_addresses: tuple[str, ...] | None = None  # None: every host address
         self.encode_pool: ThreadPoolExecutor | None = None
         self.heap = HeapTrimmer()  # freed peer memory back to the OS (viewers come and go)
+        self.saturated = False  # the engine is at its fewest steps and still behind
         # streams asked of the worker, not opened yet: id -> (creator's future, prompt, seed)
         self._opening: dict[str, tuple[asyncio.Future[LiveStream], str, int]] = {}
         self._closing: set[asyncio.Task] = set()
@@ -263,6 +265,8 @@ class LiveServer:
             cfg.sampler_changes(),
             logging.getLogger().getEffectiveLevel(),
             max_batch=cfg.max_batch,
+            degrade=cfg.degrade,
+            min_steps=cfg.min_steps,
             # the engine marks each chunk's frames before they leave it (None: unmarked)
             watermark=cfg.server_name if self.marker is not None else None,
         )
@@ -296,6 +300,27 @@ class LiveServer:
     @property
     def engine_reason(self) -> str:
         return getattr(self.engine, "last_reason", "")
+
+    def note_load(self, load: EngineLoad) -> None:
+        """The load policy's latest reading (from any stream's chunk)."""
+        m = self.metrics
+        m.engine_load.set(load.load)
+        m.sampling_steps.set(load.steps)
+        m.engine_saturated.set(float(load.saturated))
+        m.streams_degraded.set(
+            sum(1 for s in self.streams.values() if s.load is not None and s.load.degraded)
+        )
+        self.saturated = load.saturated
+
+    def check_admission(self) -> None:
+        """A new stream is refused while the engine, degraded as far as it goes, is still
+        behind: it would make every stream stall."""
+        if self.saturated and self.streams:
+            raise request_error(
+                "busy",
+                "the engine cannot keep its streams in real time even at its fewest steps; "
+                "try again later",
+            )
 
     def check_engine(self) -> None:
         """Raise the error a request gets when the engine cannot take a command now."""
@@ -669,6 +694,7 @@ class LiveServer:
         if not 0 <= seed < 2**63:
             raise request_error("bad_message", "'seed' must be in [0, 2**63)", seed)
         self._check_stream_room(owner)
+        self.check_admission()
         stream_id = secrets.token_hex(4)
         fut = asyncio.get_running_loop().create_future()
         self.check_engine()

@@ -55,6 +55,8 @@ class ServerConfig:
     stats_seconds: float = 1.0  # how often stats events are pushed
     torch_threads: int = 1  # intra-op threads of the one model worker
     max_batch: int = 4  # streams whose chunks share one forward pass (1: one at a time)
+    degrade: bool = True  # overloaded: fewer steps, then new streams refused (load_policy)
+    min_steps: int | None = None  # the fewest steps it degrades to (None: half the model's)
     dtype: str = "auto"  # "auto" (bf16 on a GPU or an AMX CPU, else fp32), "bf16" or "fp32"
     connect_timeout: float = 20.0  # a viewer that has not connected by then is dropped
     engine: str = "local"  # "local": one supervised engine process; "ray": Ray actors
@@ -109,6 +111,8 @@ class ServerConfig:
                 "could steer every stream",
                 value=self.osc_host,
             )
+        if self.min_steps is not None and self.min_steps < 1:
+            raise ConfigError("min_steps must be at least 1", value=self.min_steps)
         if self.max_batch < 1:
             raise ConfigError("max_batch must be at least 1", value=self.max_batch)
         if self.engine not in ("local", "ray"):

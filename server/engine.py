@@ -28,6 +28,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 from model.chunk_frames import ChunkFrames
+from server.load_policy import EngineLoad
 from server.playout import Chunk, PlanChange
 
 STATES = ("loading", "ready", "degraded", "failed")
@@ -73,6 +74,7 @@ class ChunkReady:
     ms: dict[str, float]  # stage -> milliseconds (Stream.stats.ms)
     cache_bytes: int
     snapshot: bytes | None = None  # the stream after this chunk (chunk.index + 1)
+    load: EngineLoad | None = None  # the engine's load policy, as it stood (None: no policy)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,10 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from memory.stream import chunk_frames_of
+from model.sampler import full_steps
 from server.frame_ring import FrameRing
+from server.load_policy import StepGovernor
 from server.worker import ChunkReady, GenerationWorker
 
 log = logging.getLogger(__name__)
@@ -69,6 +72,8 @@ class EngineParams:
     log_level: int = logging.WARNING
     max_batch: int = 1  # streams whose chunks share one forward pass
     watermark: str | None = None  # the server name the frames are marked with (None: off)
+    degrade: bool = True  # fewer steps when overloaded (server/load_policy.py)
+    min_steps: int | None = None  # the fewest it degrades to (None: half the model's)
 
 
 def engine_model(source: ModelSource, params: EngineParams):
@@ -90,6 +95,18 @@ def worker_for(model, params: EngineParams) -> GenerationWorker:
         notify=lambda: None,
         mark=marker_of(params),
         max_batch=params.max_batch,
+        governor=governor_for(model, params),
+    )
+
+
+def governor_for(model, params: EngineParams) -> StepGovernor:
+    """The load policy of an engine running `model` (it only measures with degrade off)."""
+    frames = chunk_frames_of(model)
+    return StepGovernor(
+        full_steps(model.config.sampler),
+        frames.rest / model.config.stream.fps,
+        params.min_steps,
+        enabled=params.degrade,
     )
 
 

@@ -23,6 +23,7 @@ from server.auth import new_token
 from server.engine import ChangePlan, ChunkReady, OpenStream, StreamOpened
 from server.fanout import EncodedFrame, FanoutTrack, SharedEncoder, adopt
 from server.ice import restrict_gathering
+from server.load_policy import EngineLoad, degraded_event, load_stats
 from server.playout import PlanChange, Playout
 from server.protocol import request_error
 
@@ -105,6 +106,7 @@ class LiveStream:
         self.engine_crashes = 0  # engine deaths while this stream's chunk was under way
         self.resumes: list[int] = []  # first frame of each new engine's first chunk shown
         self._resuming = False
+        self.load: EngineLoad | None = None  # the engine's load policy, as of the last chunk
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"play-{self.id}")
@@ -121,6 +123,8 @@ class LiveStream:
             self.realtime_factor = (n / self.fps) / (total / 1e3)
             self.metrics.realtime_factor.set(self.realtime_factor)
         self.cache_bytes = ready.cache_bytes
+        if ready.load is not None:
+            self._note_load(ready.load)
         accepted = self.playout.accept(ready.chunk)
         if accepted and ready.snapshot is not None:
             self._keep_snapshot(ready.chunk.index + 1, ready.snapshot)
@@ -134,6 +138,15 @@ class LiveStream:
             sw["ready_ms"] = (time.monotonic() - sw["t0"]) * 1e3
             sw["chunk_ms"] = {k: round(v, 1) for k, v in ready.ms.items()}
         self._count_drops()
+
+    def _note_load(self, load: EngineLoad) -> None:
+        """The engine's load policy as of this chunk: tell members when this stream's
+        chunks start or stop getting fewer steps (a `degraded` event)."""
+        before = self.load.steps if self.load is not None else load.full_steps
+        self.load = load
+        self.server.note_load(load)
+        if load.steps != before:
+            self.broadcast(degraded_event(self.id, load))
 
     # -- snapshots and restores --------------------------------------------------------------
     def _keep_snapshot(self, chunk: int, data: bytes) -> None:
@@ -436,6 +449,7 @@ class LiveStream:
             "cache_bytes": self.cache_bytes,
             "chunk_ms": {k: round(v, 1) for k, v in self.chunk_ms.items()},
             "realtime_factor": round(self.realtime_factor, 2),
+            **load_stats(self.load),
             "encodes": {m: e.encodes for m, e in self.encoders.items()},
             "plan": [
                 {"frame": self.frames.start(k), "prompt": t}

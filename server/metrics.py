@@ -82,6 +82,27 @@ class Metrics:
             "than real time)",
             registry=r,
         )
+        self.engine_load = Gauge(
+            "endless_engine_load",
+            "Video the playing streams need over video the engine makes, per second (1: just "
+            "real time; above: it degrades, then refuses new streams)",
+            registry=r,
+        )
+        self.sampling_steps = Gauge(
+            "endless_sampling_steps",
+            "Denoising steps each chunk gets now (fewer than the model's while degraded)",
+            registry=r,
+        )
+        self.streams_degraded = Gauge(
+            "endless_streams_degraded",
+            "Streams generated with fewer steps than the model's",
+            registry=r,
+        )
+        self.engine_saturated = Gauge(
+            "endless_engine_saturated",
+            "1 while the engine is at its fewest steps and still behind: new streams get busy",
+            registry=r,
+        )
         self.engine_state = Gauge(
             "endless_engine_state",
             "1 for the model engine's current health state (loading, ready, degraded, failed)",

@@ -124,6 +124,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="streams whose chunks share one forward pass (default %(default)s; 1: one at a time)",
     )
     p.add_argument(
+        "--no-degrade",
+        dest="degrade",
+        action="store_false",
+        help="keep every chunk at the model's steps even when the engine falls behind "
+        "(default: fewer steps, then new streams refused with busy; docs/operations.md)",
+    )
+    p.add_argument(
+        "--min-steps",
+        type=int,
+        default=d.min_steps,
+        help="the fewest denoising steps an overloaded engine degrades to (default: half "
+        "the model's)",
+    )
+    p.add_argument(
         "--engine",
         choices=["local", "ray"],
         default=d.engine,
@@ -179,6 +193,8 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         grace_seconds=args.grace,
         torch_threads=args.threads,
         max_batch=args.max_batch,
+        degrade=args.degrade,
+        min_steps=args.min_steps,
         engine=args.engine,
         workers=args.workers,
         ray_address=args.ray_address,

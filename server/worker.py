@@ -46,6 +46,7 @@ from server.engine import (
     StreamFailed,
     StreamOpened,
 )
+from server.load_policy import StepGovernor
 from server.playout import Chunk
 
 # the messages are the engine interface's (server.engine); they are re-exported here
@@ -70,6 +71,7 @@ class _Job:
     plan: tuple[tuple[int, str], ...]
     epoch: int = 0
     play_chunk: int = 0
+    last_progress: float = 0.0  # when play_chunk last moved (monotonic): playing, not paused
 
     def prompt_at(self, chunk: int) -> str:
         i = bisect.bisect_right([c for c, _ in self.plan], chunk) - 1
@@ -115,8 +117,10 @@ class GenerationWorker:
         notify: Callable[[], None],
         mark: Callable[[str, np.ndarray], np.ndarray] | None = None,
         max_batch: int = 1,
+        governor: StepGovernor | None = None,
     ):
         self.model = model
+        self.governor = governor  # fewer steps when overloaded (server/load_policy.py)
         self.ahead = ahead_chunks
         self.torch_threads = torch_threads
         self.max_batch = max_batch  # streams whose chunks share one forward pass
@@ -218,8 +222,11 @@ class GenerationWorker:
             closing, self._closing = self._closing, set()
         if closing:
             self._jobs = [j for j in self._jobs if j.stream_id not in closing]
+        now = time.monotonic()
         for job in self._jobs:
-            job.play_chunk = progress.get(job.stream_id, job.play_chunk)
+            played = progress.get(job.stream_id, job.play_chunk)
+            if played != job.play_chunk:
+                job.play_chunk, job.last_progress = played, now
 
     def _next_command(self) -> OpenStream | ChangePlan | None:
         if self._held:
@@ -249,7 +256,7 @@ class GenerationWorker:
         else:
             stream = Stream(self.model, cmd.prompt, seed=cmd.seed)
         plan = cmd.plan or ((0, cmd.prompt),)
-        job = _Job(cmd.stream_id, stream, plan, cmd.epoch, cmd.play_chunk)
+        job = _Job(cmd.stream_id, stream, plan, cmd.epoch, cmd.play_chunk, time.monotonic())
         self._jobs = [j for j in self._jobs if j.stream_id != cmd.stream_id] + [job]
         self._put(
             StreamOpened(
@@ -299,9 +306,10 @@ class GenerationWorker:
             if stream.prompt_for(k) != want:
                 stream.set_prompt(want, at_chunk=k)
             t0 = time.perf_counter()
+            self._limit_steps(job)
             if stream.warming:  # one warm-up chunk a turn: other streams' chunks go between
                 stream.warm_up_step()
-                self.busy_seconds += time.perf_counter() - t0
+                self._account(time.perf_counter() - t0)
                 return
             plan = stream.plan()
             t1 = time.perf_counter()
@@ -321,7 +329,7 @@ class GenerationWorker:
                 frames = self._mark(job.stream_id, frames)
             snapshot = stream.snapshot().to_bytes()
             t3 = time.perf_counter()
-            self.busy_seconds += t3 - t0
+            self._account(t3 - t0)
         except EndlessError as exc:
             log.exception("model worker: stream %s failed at chunk %d", job.stream_id, k)
             self._jobs.remove(job)
@@ -335,7 +343,7 @@ class GenerationWorker:
         if self._mark is not None:
             ms["mark"] = (t3 - tm) * 1e3
         chunk = Chunk(k, job.epoch, frames)
-        self._put(ChunkReady(job.stream_id, chunk, ms, stream.cache.nbytes, snapshot))
+        self._put(ChunkReady(job.stream_id, chunk, ms, stream.cache.nbytes, snapshot, self._load()))
 
     def _inject_fault(self) -> None:
         fault, self.fault = self.fault, None
@@ -357,6 +365,7 @@ class GenerationWorker:
                 continue
             try:
                 k = job.stream.chunk_index
+                self._limit_steps(job)
                 if job.stream.prompt_for(k) != (want := job.prompt_at(k)):
                     job.stream.set_prompt(want, at_chunk=k)
                 live.append((job, job.stream.plan()))
@@ -386,7 +395,8 @@ class GenerationWorker:
             self.crash = (live[0][0].stream_id, exc)
             raise
         t3 = time.perf_counter()
-        self.busy_seconds += t3 - t0
+        for _ in live:
+            self._account((t3 - t0) / len(live))
         share = 1e3 / len(live)  # each stream's share of the batch's time, in ms
         for (job, plan), f in zip(kept, frames, strict=True):
             if self._mark is not None:
@@ -396,7 +406,27 @@ class GenerationWorker:
             ms["batch"] = len(live)
             chunk = Chunk(plan.chunk, job.epoch, f)
             snapshot = job.stream.snapshot().to_bytes()
-            self._put(ChunkReady(job.stream_id, chunk, ms, job.stream.cache.nbytes, snapshot))
+            load = self._load()
+            self._put(ChunkReady(job.stream_id, chunk, ms, job.stream.cache.nbytes, snapshot, load))
+
+    # -- the load policy (server/load_policy.py) ---------------------------------------------
+    def _limit_steps(self, job: _Job) -> None:
+        if self.governor is not None:
+            job.stream.step_limit = self.governor.steps
+
+    def _account(self, seconds: float) -> None:
+        """One chunk's share of the engine's time: counted, and told to the load policy."""
+        self.busy_seconds += seconds
+        if self.governor is not None:
+            self.governor.chunk_done(seconds, self._playing())
+
+    def _playing(self) -> int:
+        """Streams whose playback moved lately (a paused stream needs no chunks)."""
+        recent = time.monotonic() - max(3.0, 4 * self.governor.chunk_seconds)
+        return max(1, sum(j.last_progress >= recent for j in self._jobs))
+
+    def _load(self):
+        return None if self.governor is None else self.governor.reading()
 
     def _fresh(self, items: list[tuple[_Job, ChunkPlan]]) -> list[int]:
         """Indices of the items no waiting plan change has made stale (the rest counted)."""
