@@ -6,8 +6,12 @@ jitter and stalls for N concurrent streams. Clients are aiortc viewers (client/s
 
 Time to first frame: websocket connect -> first decoded frame at the client (new stream).
 Switch latency: prompt sent -> first decoded frame generated under the new prompt (its
-index >= the frame named in prompt_applied). Jitter: p99 of |frame interval - 1/fps| at
-the client. Stalls: times the server's playback ran dry (from its stats).
+index >= the frame named in prompt_applied); and as a viewer sees it: prompt sent -> first
+received frame that the TinyWorld evaluator's frame reader reads as the new prompt (its
+colour, shape, size and background; motion needs several frames and is left out). Each
+switch changes colour, shape and background, so the old scene never reads as the new.
+Jitter: p99 of |frame interval - 1/fps| at the client. Stalls: times the server's
+playback ran dry (from its stats).
 """
 
 from __future__ import annotations
@@ -47,23 +51,73 @@ async def time_to_first_frame(url: str) -> float:
     return ttff
 
 
+def reads_as(prompt: str):
+    """A test of one received frame: does the evaluator's reader see `prompt`'s still
+    attributes in it?"""
+    from model.tinyworld.reading import FrameReader
+    from model.tinyworld.spec import (
+        BACKGROUND_NAMES,
+        COLOUR_NAMES,
+        SHAPES,
+        SIZE_NAMES,
+        parse_prompt,
+    )
+
+    asked = parse_prompt(prompt).attributes
+    readers: dict[int, FrameReader] = {}
+
+    def test(image: np.ndarray) -> bool:
+        reader = readers.setdefault(image.shape[0], FrameReader(image.shape[0]))
+        r = reader.read(image)
+        seen = {
+            "colour": COLOUR_NAMES[r.colour] if r.colour >= 0 else None,
+            "shape": SHAPES[r.shape] if r.shape >= 0 else None,
+            "size": SIZE_NAMES[r.size] if r.size >= 0 else None,
+            "background": BACKGROUND_NAMES[r.background],
+        }
+        return all(seen[k] == getattr(asked, k) for k in seen if getattr(asked, k))
+
+    return test
+
+
+async def first_frame_reading(viewer, after: float, test, timeout: float = 10.0):
+    """The first frame received after `after` (monotonic) that passes `test`."""
+    seen = 0
+    async with asyncio.timeout(timeout):
+        while True:
+            frames = [f for f in list(viewer.frames) if f.received > after]
+            for f in frames[seen:]:
+                if f.image is not None and test(f.image):
+                    return f
+            seen = len(frames)
+            viewer._new_frame.clear()
+            await viewer._new_frame.wait()
+
+
 async def switch_latencies(
     url: str, switches: int, rng: random.Random
-) -> tuple[list[float], list[tuple[float, float]]]:
-    """Client-side latencies, and the server's (chunk ready, frame shown) ms for each."""
+) -> tuple[list[float], list[float | None], list[tuple[float, float]]]:
+    """Client-side latencies (to the first frame generated under the new prompt, and to
+    the first the evaluator reads as it), and the server's ms for each."""
     from client.session import LiveSession
 
-    out, parts = [], []
+    out, seen, parts = [], [], []
     async with LiveSession(url) as s:
         stream = (await s.create(PROMPTS[0]))["stream"]
-        viewer = await s.watch(stream, keep_images=False)
+        viewer = await s.watch(stream, keep_images=True, history=96)
         await viewer.wait_frames(24, timeout=30)
         for i in range(switches):
             await asyncio.sleep(rng.uniform(0.7, 1.3))  # land anywhere within a chunk
+            prompt = PROMPTS[(i + 1) % len(PROMPTS)]
             sent = time.monotonic()
-            applied = await s.prompt(stream, PROMPTS[(i + 1) % len(PROMPTS)])
+            applied = await s.prompt(stream, prompt)
             frame = await viewer.wait_index(applied["frame"], timeout=30)
             out.append(frame.received - sent)
+            try:
+                read = await first_frame_reading(viewer, sent, reads_as(prompt))
+                seen.append(read.received - sent)
+            except TimeoutError:  # never read as the new prompt within 10 s
+                seen.append(None)
             shown = await s.wait_event(
                 lambda e, f=applied["frame"]: e["type"] == "prompt_shown" and e["frame"] == f,
                 timeout=5,
@@ -77,17 +131,26 @@ async def switch_latencies(
                 )
             )
         await s.stop(stream)
-    return out, parts
+    return out, seen, parts
 
 
 async def concurrent(url: str, n: int, seconds: float) -> dict:
-    from client.session import LiveSession
+    from client.session import LiveSession, ServerError
 
     sessions = [await LiveSession(url).connect() for _ in range(n)]
+    refused = 0
     try:
-        streams = [
-            (await s.create(PROMPTS[i % len(PROMPTS)]))["stream"] for i, s in enumerate(sessions)
-        ]
+        streams = []
+        for i, s in enumerate(list(sessions)):
+            try:
+                streams.append((await s.create(PROMPTS[i % len(PROMPTS)]))["stream"])
+            except ServerError as exc:  # the load policy's admission: a saturated engine
+                if exc.code != "busy":
+                    raise
+                refused += 1
+                sessions.remove(s)
+                await s.close()
+            await asyncio.sleep(0.5)  # as users arrive: the engine measures each new load
         viewers = [
             await s.watch(st, keep_images=False) for s, st in zip(sessions, streams, strict=True)
         ]
@@ -106,12 +169,15 @@ async def concurrent(url: str, n: int, seconds: float) -> dict:
             await s.stop(st)
         return {
             "streams": n,
+            "refused": refused,
             "jitter_p99_ms": float(np.percentile(dev, 99) * 1e3),
             "jitter_p50_ms": float(np.percentile(dev, 50) * 1e3),
             "fps": float(np.mean(fps)),
             "stalls": sum(x["stalls"] for x in stats) - sum(stalls0),
             "held_frames": sum(x["held_frames"] for x in stats),
             "realtime_factor": float(np.mean([x["realtime_factor"] for x in stats])),
+            "steps": [x.get("steps") for x in stats],  # the load policy's, at the end
+            "engine_load": stats[0].get("engine_load"),
         }
     finally:
         for s in sessions:
@@ -136,6 +202,7 @@ async def main(args: argparse.Namespace) -> dict:
             codec=args.codec,
             torch_threads=args.threads,
             max_batch=args.max_batch,
+            degrade=args.degrade,
             **sampling_changes(args),
         )
         server = await LiveServer(config, model).start()
@@ -158,14 +225,22 @@ async def main(args: argparse.Namespace) -> dict:
             f"time to first frame: median {statistics.median(ttff):.3f} s  "
             f"(min {min(ttff):.3f}, max {max(ttff):.3f}, n={len(ttff)}; target <= 1.0 s)"
         )
-        sw, parts = await switch_latencies(url, args.switches, rng)
+        sw, seen, parts = await switch_latencies(url, args.switches, rng)
         results["switch_s"] = sw
+        results["switch_seen_s"] = seen
         results["switch_server_ms"] = parts
         print(
             f"prompt switch latency: median {statistics.median(sw):.3f} s  "
             f"(p90 {np.percentile(sw, 90):.3f}, max {max(sw):.3f}, n={len(sw)}; "
             f"target <= 0.5 s)"
         )
+        read = [x for x in seen if x is not None]
+        if read:
+            print(
+                f"prompt switch as a viewer sees it (the evaluator reads the new prompt): "
+                f"median {statistics.median(read):.3f} s (p90 {np.percentile(read, 90):.3f}, "
+                f"max {max(read):.3f}; {len(seen) - len(read)} of {len(seen)} never read)"
+            )
         ready, shown, total, recache = zip(*parts, strict=True)
         print(
             f"  server side (medians): new chunk ready after {statistics.median(ready):.0f} ms "
@@ -178,9 +253,11 @@ async def main(args: argparse.Namespace) -> dict:
             r = await concurrent(url, n, args.seconds)
             results["concurrent"].append(r)
             print(
-                f"{n} stream(s), {args.seconds:.0f} s: jitter p99 {r['jitter_p99_ms']:.1f} ms "
+                f"{n} stream(s) ({r['refused']} refused busy), {args.seconds:.0f} s: "
+                f"jitter p99 {r['jitter_p99_ms']:.1f} ms "
                 f"(p50 {r['jitter_p50_ms']:.1f}), {r['fps']:.1f} fps, stalls {r['stalls']}, "
-                f"realtime factor {r['realtime_factor']:.2f}"
+                f"realtime factor {r['realtime_factor']:.2f}, steps {r['steps']}, "
+                f"engine load {r['engine_load']}"
             )
     finally:
         if server is not None:
@@ -210,6 +287,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="the engine's torch threads (default 1)")
     p.add_argument(
         "--max-batch", type=int, default=4, help="streams batched per forward pass (default 4)"
+    )
+    p.add_argument(
+        "--no-degrade",
+        dest="degrade",
+        action="store_false",
+        help="the in-process server keeps the model's steps however loaded",
     )
     add_sampling_options(p)  # for the in-process server
     p.add_argument("--json", type=Path, help="also write the figures here")
