@@ -76,11 +76,12 @@ def load_model(
     lora: str | None = None,
     size: str | None = None,
     device: str = "auto",
+    weights: bool = True,
 ) -> VideoModel:
     """ "tiny": the shipped weights (random init if they are absent), "random[:preset]":
     random init, FAMILY:PATH: a Wan2.1 model on `base` with `lora` (docs/models.md),
     anything else: a checkpoint path; at `size` ("WxH"), in the compute dtype `dtype` names."""
-    model = load_named(spec, base, lora, size, dtype, _builtin, device)
+    model = load_named(spec, base, lora, size, dtype, _builtin, device, weights)
     log.info("model %s in %s: %s", spec, dtype_name(model.dtype), model.description)
     return model
 
@@ -206,9 +207,9 @@ class LiveServer:
         cfg = self.config
         self._loop = loop = asyncio.get_running_loop()
         if self.model is None:
-            self.model = await loop.run_in_executor(
-                None, load_model, cfg.model, cfg.dtype, cfg.base, cfg.lora, cfg.size, cfg.device
-            )
+            # the engine process loads the weights; a Wan model's are not loaded here too
+            face = (cfg.model, cfg.dtype, cfg.base, cfg.lora, cfg.size, cfg.device, False)
+            self.model = await loop.run_in_executor(None, load_model, *face)
             source = ModelSource(cfg.model, cfg.dtype, cfg.base, cfg.lora, cfg.size, cfg.device)
         else:  # a model built here (tests): the engine gets a copy of it
             source = await loop.run_in_executor(None, ModelSource.of, self.model)

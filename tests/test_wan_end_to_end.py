@@ -194,6 +194,8 @@ async def test_serve_longlive_streams_to_a_viewer_and_switches_free_text(files, 
         assert hello["prompts"] == "free-text" and "vocabulary" not in hello
         assert (hello["first_chunk_frames"], hello["frames_per_chunk"]) == (9, 12)
         assert (hello["width"], hello["height"], hello["model"]) == (64, 32, "longlive")
+        # the front end holds the model's shapes, not its weights: those are the engine's
+        assert all(p.is_meta for p in server.model.parameters())
         created = await s.create("a dog running on the beach at night")
         viewer = await s.watch(created["stream"])
         await viewer.wait_frames(12, timeout(60))
@@ -223,3 +225,22 @@ def test_serve_refuses_a_model_that_does_not_load_and_exits_2(files, capsys):
     assert "is not a Wan2.1 base" in capsys.readouterr().err
     assert main(["serve", "--model", "tiny", "--size", "100x100", "--port", "0"]) == 2
     assert "unsupported size 100x100" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("layout", ["diffusers", "original"])
+def test_a_wan_model_without_weights_is_the_same_model_in_shapes(files, layout):
+    """load_model(weights=False): built on the meta device from the files' headers (no
+    weight read), with the configuration, frames per chunk and prompt kind of the real
+    load, its LoRA and shapes checked alike."""
+    from memory.stream import chunk_frames_of
+    from server.app import load_model, prompt_kind
+
+    spec = (f"longlive:{files['ckpt']}", "fp32", str(files[layout]), str(files["lora"]), SIZE)
+    real, face = load_model(*spec), load_model(*spec, "auto", False)
+    assert all(p.is_meta for p in face.parameters())
+    assert not any(p.is_meta for p in real.parameters())
+    assert face.config == real.config and face.dtype == real.dtype
+    assert chunk_frames_of(face) == chunk_frames_of(real)
+    assert prompt_kind(face) == prompt_kind(real)
+    names = {n: p.shape for n, p in real.named_parameters()}
+    assert {n: p.shape for n, p in face.named_parameters()} == names

@@ -21,6 +21,7 @@ from safetensors import safe_open
 
 from model.config import DiTConfig
 from model.errors import CheckpointError
+from model.wan import shapes_only
 from model.wan.keys import WRAPPERS, KeyMapper, to_wan_names
 
 # Wrapper dicts of Self-Forcing / CausVid / LongLive checkpoints, in order of preference.
@@ -37,12 +38,15 @@ def read_tensors(path: Path) -> dict:
     """All tensors of one file (safetensors or a weights-only pickle); may be nested."""
     try:
         if path.suffix == ".safetensors":
+            if shapes_only.active():  # the header only (model/wan/shapes_only.py)
+                return shapes_only.safetensors_shapes(str(path))
             with safe_open(str(path), framework="pt") as f:
                 return {k: f.get_tensor(k) for k in f.keys()}
         try:  # mapped, not copied: a training checkpoint may hold several models
-            return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+            raw = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
         except RuntimeError:  # files in the legacy (non-zip) format cannot be mapped
-            return torch.load(str(path), map_location="cpu", weights_only=True)
+            raw = torch.load(str(path), map_location="cpu", weights_only=True)
+        return shapes_only.to_meta(raw) if shapes_only.active() else raw
     except Exception as exc:  # safetensors and torch raise their own error types
         raise CheckpointError(f"{path} cannot be read as a checkpoint: {exc}") from exc
 

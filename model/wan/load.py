@@ -37,6 +37,7 @@ from model.wan.checkpoints import (
 )
 from model.wan.memory import check_memory
 from model.wan.presets import FAMILIES, SPACE_STRIDE
+from model.wan.shapes_only import shapes_only
 from model.wan.text import UMT5TextEncoder
 from model.wan.vae import WanVAE, decoder_state_bytes
 
@@ -143,15 +144,22 @@ def load_named(
     dtype: str,
     builtin,
     device: str = "auto",
+    weights: bool = True,
 ) -> VideoModel:
     """The model `--model SPEC [--base DIR] [--lora LORA] [--size WxH] [--dtype D]
     [--device DEV]` names: a Wan2.1 family (FAMILY:PATH) on `device` ("auto": a CUDA GPU
     when there is one), or one of endless's own, made on the host by `builtin(spec,
-    compute_dtype)` (tiny, random:PRESET, a checkpoint path) and then set to `size`."""
+    compute_dtype)` (tiny, random:PRESET, a checkpoint path) and then set to `size`.
+    weights=False: a Wan model is built on the meta device from its files' shapes (the
+    server's front end: its configuration without its memory; endless's own are small)."""
     wxh = parse_size(size) if size else None
     if is_wan_spec(spec):
         dev = pick_device(device)
-        return load_wan(parse_spec(spec, base, lora), wxh, resolve_dtype(dtype, dev), dev)
+        compute = resolve_dtype(dtype, dev)  # as the engine on `dev` will compute
+        if not weights:
+            with shapes_only():
+                return load_wan(parse_spec(spec, base, lora), wxh, compute, "meta")
+        return load_wan(parse_spec(spec, base, lora), wxh, compute, dev)
     if base is not None or lora is not None:
         raise ConfigError(
             f"--base and --lora go with a Wan2.1 model (self-forcing:CKPT, ...), not {spec!r}",
@@ -196,7 +204,8 @@ def load_wan(
     states = (stream.rewind_chunks + 2) * decoder_state_bytes(
         vae_cfg, height, width, dtype, stream.chunk_latent_frames
     )
-    check_memory(family, dit_cfg, dtype, height, width, [vae_state, text_state], device, states)
+    if device != "meta":  # the meta device holds shapes only (the server's front end)
+        check_memory(family, dit_cfg, dtype, height, width, [vae_state, text_state], device, states)
     dit = _build_dit(dit_cfg, state, description)
     vae = _build_vae(vae_cfg, vae_state, str(base.vae))
     text = _build_text(text_cfg, text_state, tokenizer, str(base.text_encoder))
