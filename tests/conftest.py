@@ -56,6 +56,9 @@ async def live_server(tiny_model):
 
     async def make(model=None, **overrides):
         overrides.setdefault("grace_seconds", 0.3)
+        # the model's steps whatever the load: a busy test machine must not change frames
+        # (the load policy has its own tests: tests/test_load_policy.py)
+        overrides.setdefault("degrade", False)
         server = LiveServer(ServerConfig(**overrides), model or tiny_model)
         made.append(server)
         return await server.start()

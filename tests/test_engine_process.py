@@ -196,7 +196,7 @@ async def test_the_engine_process_runs_ahead_by_a_bounded_buffer_and_switches_ex
     woke = asyncio.Event()
     engine = ProcessEngine(
         ModelSource.of(tiny_model),
-        EngineParams(ahead_chunks=2),
+        EngineParams(ahead_chunks=2, degrade=False),  # the model's steps: offline's frames
         notify=lambda: loop.call_soon_threadsafe(woke.set),
         slot_bytes=12 * 128 * 128 * 3,
     )
