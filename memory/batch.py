@@ -38,11 +38,14 @@ def denoise_together(
     """The denoised latents of each job's chunk, in order: one forward pass per step for
     each group of jobs with the same `batch_key`. `stop(i)`, asked before each step, drops
     job i there (a prompt switch made its chunk stale): its result is None, and the
-    others go on without it."""
+    others go on without it. A given chunk (`ChunkPlan.given`) is its own result."""
     groups: dict[tuple, list[int]] = defaultdict(list)
-    for i, job in enumerate(jobs):
-        groups[batch_key(job)].append(i)
     out: list[torch.Tensor | None] = [None] * len(jobs)
+    for i, job in enumerate(jobs):
+        if job[1].given is not None:  # a given chunk (a start image): nothing to denoise
+            out[i] = job[1].given
+        else:
+            groups[batch_key(job)].append(i)
     for members in groups.values():
         dropped = None if stop is None else (lambda j, m=members: stop(m[j]))
         made = _denoise_group([jobs[i] for i in members], dropped)

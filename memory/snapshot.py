@@ -1,7 +1,9 @@
 """StreamSnapshot: what a stream needs to continue, taken at a chunk boundary.
 
 A snapshot holds the latents of the context frames (the sink and the window), the
-decoder's carry, the prompt timeline, the seed and the position (next chunk, cache head).
+decoder's carry, the prompt timeline, the seed and the position (next chunk, cache head),
+the stream's warm-up chunks (none for a stream started from an image, whose sink holds
+the image) and the upscaling stage's carry, if the stream has one.
 Keys and values are not kept: the restored stream re-derives them with a re-cache under
 the prompt of its next chunk (LongLive's KV re-cache, as after a prompt switch), so a
 snapshot of the tiny model is a few hundred kilobytes, not megabytes.
@@ -41,14 +43,18 @@ class StreamSnapshot:
     frames: tuple[int, ...]  # absolute latent frames held in `latents`, oldest first
     latents: torch.Tensor  # (len(frames), z, h, w) the context's latents
     decoder: list  # the decoder's carry before `chunk`: tensors / None / nested lists
+    warmup_chunks: int | None = None  # chunks made before chunk 0 (None: the sampler's)
+    upscaler: object = None  # the upscaling stage's carry before `chunk` (as `decoder`)
 
     @property
     def nbytes(self) -> int:
-        return _tensor_bytes(self.latents) + sum(_tensor_bytes(t) for t in _leaves(self.decoder))
+        carries = (*_leaves(self.decoder), *_leaves(self.upscaler))
+        return _tensor_bytes(self.latents) + sum(_tensor_bytes(t) for t in carries)
 
     def to_bytes(self) -> bytes:
         tensors = {"latents": self.latents.contiguous()}
-        layout = _flatten(self.decoder, tensors)
+        layout = _flatten(self.decoder, tensors, "decoder")
+        upscaler = _flatten(self.upscaler, tensors, "upscaler")
         meta = {
             "format": FORMAT,
             "version": VERSION,
@@ -60,6 +66,10 @@ class StreamSnapshot:
             "frames": list(self.frames),
             "decoder": layout,
         }
+        if self.warmup_chunks is not None:  # keys a version 1 reader without them skips
+            meta["warmup_chunks"] = self.warmup_chunks
+        if upscaler is not None:
+            meta["upscaler"] = upscaler
         return st_save(tensors, metadata={"snapshot": json.dumps(meta)})
 
     @classmethod
@@ -81,6 +91,8 @@ class StreamSnapshot:
                 frames=tuple(int(f) for f in meta["frames"]),
                 latents=tensors["latents"],
                 decoder=_unflatten(meta["decoder"], tensors),
+                warmup_chunks=_optional_int(meta.get("warmup_chunks")),
+                upscaler=_unflatten(meta.get("upscaler"), tensors),
             )
         except SnapshotError:
             raise
@@ -100,17 +112,21 @@ def _leaves(state):
             yield from _leaves(s)
 
 
-def _flatten(state, tensors: dict[str, torch.Tensor]):
-    """Decoder carry -> a JSON layout: a tensor becomes its key, None stays, lists nest."""
+def _optional_int(value) -> int | None:
+    return None if value is None else int(value)
+
+
+def _flatten(state, tensors: dict[str, torch.Tensor], name: str):
+    """A carry -> a JSON layout: a tensor becomes its key, None stays, lists nest."""
     if state is None:
         return None
     if isinstance(state, torch.Tensor):
-        key = f"decoder.{len(tensors) - 1}"
+        key = f"{name}.{len(tensors) - 1}"
         tensors[key] = state.detach().contiguous().clone()
         return key
     if isinstance(state, list | tuple):
-        return [_flatten(s, tensors) for s in state]
-    raise SnapshotError(f"cannot snapshot a decoder carry holding {type(state).__name__}")
+        return [_flatten(s, tensors, name) for s in state]
+    raise SnapshotError(f"cannot snapshot a {name} carry holding {type(state).__name__}")
 
 
 def _unflatten(layout, tensors: dict[str, torch.Tensor]):

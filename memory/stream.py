@@ -7,6 +7,11 @@ the denoise stage of several streams into one forward pass:
     plan()     -> ChunkPlan   (prompt, re-cache if the prompt changed, noise, context)
     denoise()  -> latents     (few-step flow matching, attending to the cached context)
     commit()   -> frames      (write the chunk's keys/values to the cache, decode)
+
+A stream may be given chunks instead of generating them (`give`: teacher forcing from
+frames, or a start image held over the first chunk); a given chunk is planned and
+committed like a generated one, and its denoise stage returns it as it is. An optional
+cascade stage (an `Upscaler`) raises the resolution of each decoded chunk it shows.
 """
 
 from __future__ import annotations
@@ -25,8 +30,10 @@ from model.chunk_frames import ChunkFrames
 from model.dit import AttnContext, block_causal_mask, chunk_prev
 from model.errors import EndlessError
 from model.sampler import Cond, FlowSampler, full_steps
+from model.still import fit_image
 from model.storyboard import chunk_at
 from model.text import EncodedPrompt
+from model.upscale import Upscaler
 from model.vae import frames_to_tensor, tensor_to_frames
 
 
@@ -45,14 +52,17 @@ class ChunkPlan:
     n_context: int  # latent frames in the context
     noise: torch.Tensor  # (1, z, F, h, w)
     prev: torch.Tensor | None = None  # the DiT's `prev` input (models with prev_frames)
+    given: torch.Tensor | None = None  # latents given for this chunk (not denoised)
 
 
-def chunk_frames_of(model: VideoModel) -> ChunkFrames:
+def chunk_frames_of(model: VideoModel, warmup_chunks: int | None = None) -> ChunkFrames:
     """Video frames per chunk of the model's streams, as its VAE decodes them: chunk 0
     starts the decoder's video (Wan's VAE: 9 frames, then 12; TinyWorld's: 12 always)
-    unless the sampler's warm-up chunks were decoded before it."""
+    unless warm-up chunks (`warmup_chunks`, default the sampler's) were decoded before it."""
     n = model.config.stream.chunk_latent_frames
-    warm = model.config.sampler.warmup_chunks > 0
+    if warmup_chunks is None:
+        warmup_chunks = model.config.sampler.warmup_chunks
+    warm = warmup_chunks > 0
     return ChunkFrames(model.vae.frames_for(n, not warm), model.vae.frames_for(n, False))
 
 
@@ -98,7 +108,14 @@ class Stream:
         prompt: str,
         seed: int = 0,
         policy: CachePolicy | None = None,
+        image: np.ndarray | None = None,
+        upscaler: Upscaler | None = None,
+        warmup_chunks: int | None = None,
     ):
+        """`image` (uint8 (H, W, 3), any size): start from it (see `start_from_image`);
+        `upscaler`: a cascade stage applied to every shown chunk after the decode;
+        `warmup_chunks`: chunks made before chunk 0 and never shown (None: the sampler's,
+        none with an image: the image is the past chunk 0 follows)."""
         self.model = model
         cfg = model.config
         self.seed = seed
@@ -115,8 +132,11 @@ class Stream:
         self.latent_w = sc.width // vae.space_stride
         # Warm-up (the sampler's warmup_chunks): chunks -N..-1, made before chunk 0 and
         # never shown; their latent frames sit before chunk 0's in the cache.
-        self._warm_frames = cfg.sampler.warmup_chunks * self.chunk_frames
-        self.frames = chunk_frames_of(model)  # video frames per chunk, from the VAE
+        if warmup_chunks is None:
+            warmup_chunks = 0 if image is not None else cfg.sampler.warmup_chunks
+        self.warmup_chunks = warmup_chunks
+        self._warm_frames = warmup_chunks * self.chunk_frames
+        self.frames = chunk_frames_of(model, warmup_chunks)  # video frames per chunk
         self.frames_per_chunk = self.frames.rest  # frames of every chunk after the first
         self._warm_prompt: EncodedPrompt | None = None
         self.policy = policy or SinkRollingWindow(
@@ -133,11 +153,47 @@ class Stream:
         self._null = model.text.null()
         self._timeline: list[tuple[int, EncodedPrompt]] = []
         self._decoder_states: dict[int, list] = {}  # chunk -> decoder carry before it
+        self._given: dict[int, torch.Tensor] = {}  # chunk -> latents given for it
+        self.upscaler = upscaler
+        self._upscale_states: dict[int, object] = {}  # chunk -> upscaler carry before it
+        scale = upscaler.scale if upscaler is not None else 1
+        self.out_height, self.out_width = self.height * scale, self.width * scale
         self._recached_at: list[int] = []  # chunks whose generation began with a re-cache
         self.chunk_index = 0
         self._floor = 0  # no rewind before this chunk (where a restored stream began)
         self.stats = StreamStats(cache_bytes=self.cache.nbytes)
         self.set_prompt(prompt, at_chunk=0)
+        if image is not None:
+            self.start_from_image(image)
+
+    # -- given chunks ----------------------------------------------------------------------
+    @torch.no_grad()
+    def give(self, frames: np.ndarray) -> None:
+        """Take uint8 (frames.start(n), H, W, 3) as the next n chunks, teacher forcing:
+        they are encoded by the model's VAE (in one pass, from a fresh encoder state), and
+        each is cached as context as if generated and decoded when its turn comes (after
+        the warm-up, if there is one). Only before anything is generated; a rewind into
+        them gives them again."""
+        if self.chunk_index or self.cache.head:
+            raise EndlessError("chunks can be given only before the stream starts")
+        n = self.frames.chunk_of(len(frames))
+        if not len(frames) or self.frames.start(n) != len(frames):
+            raise ValueError(
+                f"give whole chunks ({self.frames.first} frames, then {self.frames.rest} each)"
+            )
+        video = frames_to_tensor(frames).to(self.cache.layout.device, self.model.dtype)
+        latents, _ = self.model.vae.encode(video)
+        f = self.chunk_frames
+        self._given = {k: latents[:, :, k * f : (k + 1) * f] for k in range(n)}
+
+    def start_from_image(self, image: np.ndarray) -> None:
+        """Start from a still: `image` is resized and cropped to the frame, held for the
+        first chunk (which is shown: the video opens on the image, as image-to-video models
+        open on their input) and becomes the sink every later chunk attends to, so the
+        scene continues from it under the prompt; what the prompt leaves unsaid is the
+        image's."""
+        still = fit_image(image, self.height, self.width)
+        self.give(np.repeat(still[None], self.frames.first, axis=0))
 
     # -- prompts -------------------------------------------------------------------------
     def set_prompt(self, text: str, at_chunk: int | None = None) -> int:
@@ -222,15 +278,22 @@ class Stream:
             frames=tuple(frames),
             latents=self.cache.latents[slots].clone(),  # (n, z, h, w)
             decoder=self._decoder_states.get(k),
+            warmup_chunks=self.warmup_chunks,
+            upscaler=self._upscale_states.get(k) if self.upscaler is not None else None,
         )
 
     @classmethod
     def restore(
-        cls, model: VideoModel, snap: StreamSnapshot, policy: CachePolicy | None = None
+        cls,
+        model: VideoModel,
+        snap: StreamSnapshot,
+        policy: CachePolicy | None = None,
+        upscaler: Upscaler | None = None,
     ) -> Stream:
         """A stream that continues `snap`: its next chunk is `snap.chunk`, generated after
         a re-cache of the context under that chunk's prompt. It cannot rewind before
-        `snap.chunk`. SnapshotError if the snapshot does not fit this model."""
+        `snap.chunk`. A stream that started from an image continues it: the image is in
+        its sink. SnapshotError if the snapshot does not fit this model."""
         if snap.model != model.config.name:
             raise SnapshotError(
                 f"the snapshot is of a {snap.model!r} model, not {model.config.name!r}",
@@ -238,7 +301,14 @@ class Stream:
             )
         if not snap.timeline:
             raise SnapshotError("the snapshot has no prompt")
-        s = cls(model, snap.timeline[0][1], seed=snap.seed, policy=policy)
+        s = cls(
+            model,
+            snap.timeline[0][1],
+            seed=snap.seed,
+            policy=policy,
+            upscaler=upscaler,
+            warmup_chunks=snap.warmup_chunks,
+        )
         want = (len(snap.frames), *s.cache.latents.shape[1:])
         if tuple(snap.latents.shape) != want or list(snap.frames) != s.policy.context(snap.head):
             raise SnapshotError(
@@ -252,6 +322,8 @@ class Stream:
         s.cache.prompt_key = None  # the next chunk re-caches the keys/values
         s.chunk_index = s._floor = snap.chunk
         s._decoder_states = {snap.chunk: snap.decoder}
+        if upscaler is not None and snap.upscaler is not None:
+            s._upscale_states = {snap.chunk: snap.upscaler}
         if s._warm_frames:
             s._warm_prompt = s._prompt_at(0) if s._timeline[0][0] == 0 else None
         return s
@@ -311,7 +383,8 @@ class Stream:
         noise = chunk_noise(self.seed, k, shape, self.model.dtype).to(self.cache.layout.device)
         ctx = self.cache.attn_context(self.model.dit)
         prev = chunk_prev(self._latents_before(), self.chunk_frames)
-        return ChunkPlan(k, prompt, ctx, len(self.cache.context_frames()), noise, prev)
+        n_context = len(self.cache.context_frames())
+        return ChunkPlan(k, prompt, ctx, n_context, noise, prev, self._given.get(k))
 
     def _latents_before(self) -> torch.Tensor | None:
         """The DiT's `prev_frames` latent frames just before the next chunk, as its
@@ -346,6 +419,8 @@ class Stream:
 
     @torch.no_grad()
     def denoise(self, plan: ChunkPlan) -> torch.Tensor:
+        if plan.given is not None:
+            return plan.given
         inputs = self.model_inputs(plan)
         return self._drive(self.walk(plan), inputs)
 
@@ -428,7 +503,9 @@ class Stream:
         t1 = time.perf_counter()
         video, state = self.model.vae.decode(latents, self.decoder_state(plan))
         frames = self.finish(plan, video, state)
-        self.stats.ms.update(cache=(t1 - t0) * 1e3, decode=(time.perf_counter() - t1) * 1e3)
+        upscale = self.stats.ms.get("upscale", 0.0) if self.upscaler is not None else 0.0
+        decode = (time.perf_counter() - t1) * 1e3 - upscale
+        self.stats.ms.update(cache=(t1 - t0) * 1e3, decode=decode)
         return frames
 
     # the stages of commit, for the batched executor (memory/batch.py)
@@ -452,14 +529,20 @@ class Stream:
         return self._decoder_states.get(plan.chunk)
 
     def finish(self, plan: ChunkPlan, video: torch.Tensor, state) -> np.ndarray:
-        """Keep the decoder's carry, count the chunk and prune what a rewind can no longer
-        reach; the chunk's uint8 frames."""
+        """Keep the decoder's carry, upscale the chunk (if the stream has the stage), count
+        it and prune what a rewind can no longer reach; the chunk's uint8 frames."""
         frames = tensor_to_frames(video)
         self._decoder_states[plan.chunk + 1] = state
+        if self.upscaler is not None and plan.chunk >= 0:  # warm-up chunks are never shown
+            t0 = time.perf_counter()
+            carry = self._upscale_states.get(plan.chunk)
+            frames, self._upscale_states[plan.chunk + 1] = self.upscaler.upscale(frames, carry)
+            self.stats.ms["upscale"] = (time.perf_counter() - t0) * 1e3
         self.chunk_index = max(0, plan.chunk + 1)  # warm-up chunks (< 0) are not counted
         floor = self.min_rewind_chunk
-        for c in [c for c in self._decoder_states if c < floor]:
-            del self._decoder_states[c]
+        for states in (self._decoder_states, self._upscale_states, self._given):
+            for c in [c for c in states if c < floor]:
+                del states[c]
         self._recached_at = [c for c in self._recached_at if c >= floor]
         self._prune_timeline()
         return frames
@@ -497,6 +580,17 @@ class Stream:
         return True
 
 
+def prepare_start_image(
+    model: VideoModel, prompt: str, image: np.ndarray
+) -> tuple[str, np.ndarray]:
+    """(the prompt to start from `image` with, the image fitted to the stream's frame):
+    the text encoder completes what the prompt leaves unsaid from the image where it can
+    (`TextEncoder.complete_from_image`)."""
+    sc = model.config.stream
+    still = fit_image(image, sc.height, sc.width)
+    return model.text.complete_from_image(prompt, still), still
+
+
 def follow_timeline(
     model: VideoModel,
     timeline: list[tuple[float, str]],
@@ -528,12 +622,6 @@ def continue_from(
     n = s.frames.chunk_of(len(frames))
     if not 0 <= given_chunks <= n:
         raise ValueError(f"given_chunks must be in 0..{n}, not {given_chunks}")
-    out = []
     if given_chunks:
-        given = frames_to_tensor(frames[: s.frames.start(given_chunks)])
-        latents, _ = model.vae.encode(given.to(model.dtype))
-        f = s.chunk_frames
-        for k in range(given_chunks):
-            out.append(s.commit(s.plan(), latents[:, :, k * f : (k + 1) * f]))
-    out += [s.next_chunk() for _ in range(n - given_chunks)]
-    return np.concatenate(out)
+        s.give(frames[: s.frames.start(given_chunks)])
+    return np.concatenate([s.next_chunk() for _ in range(n)])

@@ -7,6 +7,7 @@
     ├── CheckpointError          a checkpoint that does not match the model (strict loading)
     ├── StoryboardError          a malformed storyboard / timeline
     ├── RenderError              bad arguments to an offline render (duration, path)
+    ├── ImageError               a start image that cannot be used (not PNG/JPEG, too big)
     └── ProtocolError            a bad live-protocol request; `.code` names it (bad_json, ...)
 
 Each error carries the offending value in `.value` so callers (CLI, server) can report it.
@@ -50,6 +51,10 @@ class StoryboardError(EndlessError):
 
 class RenderError(EndlessError):
     code = "bad_render"
+
+
+class ImageError(EndlessError):
+    code = "bad_image"
 
 
 class ProtocolError(EndlessError):

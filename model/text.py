@@ -11,14 +11,14 @@ the caller, never silently dropped.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
 from model.config import TextConfig
 from model.errors import UnknownWordsError
-from model.tinyworld.spec import ATTRIBUTE_NAMES, VOCAB, Attributes, parse_prompt
+from model.tinyworld.spec import ATTRIBUTE_NAMES, VOCAB, Attributes, ParsedPrompt, parse_prompt
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,11 @@ class TextEncoder(ABC, nn.Module):
     def null(self) -> torch.Tensor:
         """Tokens of the empty prompt (text_len, text_dim), for classifier-free guidance."""
 
+    def complete_from_image(self, text: str, image) -> str:
+        """The prompt to use for a stream that starts from `image` (uint8 (H, W, 3), the
+        stream's frame size): `text` itself unless the encoder reads images."""
+        return text
+
 
 class TinyWorldTextEncoder(TextEncoder):
     """One token per TinyWorld attribute slot; value 0 of each slot means "not said"."""
@@ -97,6 +102,28 @@ class TinyWorldTextEncoder(TextEncoder):
             tokens = self.tokens_from_indices(idx)
         without_motion = tokens[1] if len(tokens) > 1 else None
         return EncodedPrompt(text, tokens[0], parsed.unknown, without_motion)
+
+    # Training captions always say colour and shape (docs/tinyworld), so the model learned to
+    # take size, motion and background from its context when unsaid, but never those two.
+    FROM_IMAGE = ("colour", "shape")
+
+    def complete_from_image(self, text: str, image) -> str:
+        """`text` with the colour and shape it leaves unsaid read from `image` (TinyWorld's
+        frame reader), as a canonical caption ("moving left" over a green ring: "a green
+        ring moving left"), so that a start image keeps them; said words always win."""
+        from model.tinyworld.reading import FrameReader
+
+        said = parse_prompt(text) if text.strip() else ParsedPrompt(Attributes(), ())
+        if said.unknown or image.shape[0] != image.shape[1]:
+            return text
+        read = FrameReader(image.shape[0]).read(image)
+        found = {"colour": read.colour, "shape": read.shape}
+        fill = {
+            name: VOCAB[name][i]
+            for name, i in found.items()
+            if name in self.FROM_IMAGE and i >= 0 and getattr(said.attributes, name) is None
+        }
+        return replace(said.attributes, **fill).caption() if fill else text
 
     def null(self) -> torch.Tensor:
         with torch.no_grad():
