@@ -27,6 +27,8 @@ import queue
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
+import numpy as np
+
 from model.chunk_frames import ChunkFrames
 from server.load_policy import EngineLoad
 from server.playout import Chunk, PlanChange
@@ -44,6 +46,9 @@ class OpenStream:
     plan: tuple[tuple[int, str], ...] | None = None  # None: (0, prompt) only
     epoch: int = 0
     play_chunk: int = 0
+    # a start image, decoded and fitted to the frame by the server (uint8 (H, W, 3)): the
+    # engine never reads image files; None to start from nothing (or from the snapshot)
+    image: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -57,7 +62,7 @@ class StreamOpened:
     stream_id: str
     fps: int
     frames_per_chunk: int
-    height: int
+    height: int  # of the frames it sends (after any upscaling stage)
     width: int
     chunk: int = 0  # the first chunk it will generate (a restored stream's snapshot chunk)
     first_chunk_frames: int = 0  # chunk 0 (the VAE's first decode: 9 for Wan's; 0: as the rest)

@@ -74,6 +74,7 @@ class EngineParams:
     watermark: str | None = None  # the server name the frames are marked with (None: off)
     degrade: bool = True  # fewer steps when overloaded (server/load_policy.py)
     min_steps: int | None = None  # the fewest it degrades to (None: half the model's)
+    upscale: int = 1  # the upscaling stage after the decode (1: none, 2: the learned 2x)
 
 
 def engine_model(source: ModelSource, params: EngineParams):
@@ -85,7 +86,10 @@ def engine_model(source: ModelSource, params: EngineParams):
 
 
 def worker_for(model, params: EngineParams) -> GenerationWorker:
-    """The GenerationWorker an engine runs its streams on (not started)."""
+    """The GenerationWorker an engine runs its streams on (not started), with the
+    upscaling stage `params.upscale` names (built here, in the engine's process)."""
+    from model.upscale import resolve_upscaler
+
     return GenerationWorker(
         model,
         params.ahead_chunks,
@@ -96,6 +100,7 @@ def worker_for(model, params: EngineParams) -> GenerationWorker:
         mark=marker_of(params),
         max_batch=params.max_batch,
         governor=governor_for(model, params),
+        upscaler=resolve_upscaler(params.upscale),
     )
 
 
@@ -124,12 +129,11 @@ def main(conn, source: ModelSource, params: EngineParams, ring: tuple, free_slot
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=params.log_level, format="%(asctime)s engine %(message)s")
     try:
-        model = engine_model(source, params)
+        worker = worker_for(engine_model(source, params), params)
     except Exception as exc:
         log.exception("the engine could not load its model")
         conn.send(("fatal", f"cannot load the model: {exc}"))
         os._exit(EXIT_FATAL)
-    worker = worker_for(model, params)
     frames = FrameRing.attach(*ring)
     threading.Thread(target=_read, args=(conn, worker), name="engine-read", daemon=True).start()
     worker.start()

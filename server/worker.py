@@ -38,6 +38,7 @@ from memory.snapshot import StreamSnapshot
 from memory.stream import ChunkPlan, Stream
 from model.bundle import VideoModel
 from model.errors import EndlessError
+from model.upscale import Upscaler
 from server.engine import (
     ChangePlan,
     ChunkReady,
@@ -118,16 +119,18 @@ class GenerationWorker:
         mark: Callable[[str, np.ndarray], np.ndarray] | None = None,
         max_batch: int = 1,
         governor: StepGovernor | None = None,
+        upscaler: Upscaler | None = None,
     ):
         self.model = model
         self.governor = governor  # fewer steps when overloaded (server/load_policy.py)
+        self.upscaler = upscaler  # every stream's upscaling stage (shared: it keeps no state)
         self.ahead = ahead_chunks
         self.torch_threads = torch_threads
         self.max_batch = max_batch  # streams whose chunks share one forward pass
         self.commands: queue.Queue = queue.Queue(maxsize=command_queue)
         self.results: queue.Queue[Result] = queue.Queue(maxsize=result_queue)
         self._notify = notify  # called (from the worker thread) after each result
-        self._mark = mark  # (stream id, frames) -> watermarked frames, before any encode
+        self._mark = mark  # (stream id, frames) -> watermarked frames (upscaled), before encode
         self._lock = threading.Lock()
         self._progress: dict[str, int] = {}  # stream -> chunk being played (latest wins)
         self._closing: set[str] = set()  # at most one entry per stream, never rejected
@@ -251,10 +254,12 @@ class GenerationWorker:
     def _open(self, cmd: OpenStream) -> None:
         """A new stream, or (with a snapshot) a restored one; either replaces a stream of
         the same id (a restore may cross a plain open queued before the engine died)."""
-        if cmd.snapshot is not None:
-            stream = Stream.restore(self.model, StreamSnapshot.from_bytes(cmd.snapshot))
+        up = self.upscaler
+        if cmd.snapshot is not None:  # a stream started from an image has it in its sink
+            snap = StreamSnapshot.from_bytes(cmd.snapshot)
+            stream = Stream.restore(self.model, snap, upscaler=up)
         else:
-            stream = Stream(self.model, cmd.prompt, seed=cmd.seed)
+            stream = Stream(self.model, cmd.prompt, seed=cmd.seed, image=cmd.image, upscaler=up)
         plan = cmd.plan or ((0, cmd.prompt),)
         job = _Job(cmd.stream_id, stream, plan, cmd.epoch, cmd.play_chunk, time.monotonic())
         self._jobs = [j for j in self._jobs if j.stream_id != cmd.stream_id] + [job]
@@ -263,8 +268,8 @@ class GenerationWorker:
                 cmd.stream_id,
                 stream.fps,
                 stream.frames.rest,
-                stream.height,
-                stream.width,
+                stream.out_height,
+                stream.out_width,
                 stream.chunk_index,
                 stream.frames.first,
             )
