@@ -18,6 +18,7 @@ Received frames are mapped back to the server's generated frame indices with the
 from __future__ import annotations
 
 import asyncio
+import base64
 import bisect
 import contextlib
 import fractions
@@ -320,8 +321,13 @@ class LiveSession:
     # -- the protocol's requests -------------------------------------------------------------
     # Requests on a stream take `token` (control or view); without one they send the token
     # this session last used for that stream (a created stream's control token).
-    async def create(self, prompt: str, seed: int = 0) -> dict[str, Any]:
+    async def create(
+        self, prompt: str, seed: int = 0, image: bytes | None = None
+    ) -> dict[str, Any]:
+        """`image`: a PNG or JPEG file's bytes to start the stream from (sent as base64)."""
         msg = {"type": "create", "prompt": prompt, "seed": seed}
+        if image is not None:
+            msg["image"] = base64.b64encode(image).decode("ascii")
         if self.key is not None:
             msg["key"] = self.key
         created = await self.request(msg)

@@ -62,6 +62,7 @@ from server.outputs import Outputs
 from server.protocol import field, request_error
 from server.provenance.marking import StreamMarker
 from server.provenance.policy import PromptPolicy, PromptRefused
+from server.start_image import start_image
 from server.state_keeper import StateKeeper
 
 log = logging.getLogger(__name__)
@@ -189,8 +190,8 @@ class LiveServer:
         self.encode_pool: ThreadPoolExecutor | None = None
         self.heap = HeapTrimmer()  # freed peer memory back to the OS (viewers come and go)
         self.saturated = False  # the engine is at its fewest steps and still behind
-        # streams asked of the worker, not opened yet: id -> (creator's future, prompt, seed)
-        self._opening: dict[str, tuple[asyncio.Future[LiveStream], str, int]] = {}
+        # streams asked of the engine, not opened yet: id -> (creator's future, the command)
+        self._opening: dict[str, tuple[asyncio.Future[LiveStream], OpenStream]] = {}
         self._closing: set[asyncio.Task] = set()
         self._owners: dict[str, str] = {}  # stream id -> the API key (or connection) it counts for
         self._ws_server = None
@@ -268,8 +269,10 @@ class LiveServer:
             max_batch=cfg.max_batch,
             degrade=cfg.degrade,
             min_steps=cfg.min_steps,
-            # the engine marks each chunk's frames before they leave it (None: unmarked)
+            # the engine marks each chunk's frames before they leave it (None: unmarked),
+            # after the upscaling stage: the mark is on the frames viewers get
             watermark=cfg.server_name if self.marker is not None else None,
+            upscale=cfg.upscale,
         )
         fpc = sc.chunk_latent_frames * self.model.config.vae.time_stride
         if cfg.engine == "ray":
@@ -288,7 +291,7 @@ class LiveServer:
             source,
             params,
             self._notify,
-            slot_bytes=fpc * sc.height * sc.width * 3,
+            slot_bytes=fpc * sc.height * sc.width * 3 * cfg.upscale**2,  # frames as sent
             max_deaths=cfg.engine_max_deaths,
             quick_seconds=cfg.engine_quick_seconds,
         )
@@ -419,7 +422,7 @@ class LiveServer:
                 if stream is not None and not stream.ended:
                     stream.on_chunk(result)
             elif isinstance(result, StreamFailed):
-                fut, _, _ = self._opening.pop(result.stream_id, (None, "", 0))
+                fut, _ = self._opening.pop(result.stream_id, (None, None))
                 if fut is not None and not fut.done():
                     fut.set_exception(request_error(result.code, result.message))
                 elif (stream := self.streams.get(result.stream_id)) is not None:
@@ -430,7 +433,7 @@ class LiveServer:
         if change.state == "failed":  # no engine will come back: end what waits on it
             for stream in list(self.streams.values()):
                 self.end_stream(stream, "failed")
-            for fut, _, _ in self._opening.values():
+            for fut, _ in self._opening.values():
                 if not fut.done():
                     fut.set_exception(request_error("unavailable", "the model engine failed"))
 
@@ -452,19 +455,19 @@ class LiveServer:
             if not self.engine.submit(stream.restore_command()):
                 log.error("stream %s could not be restored: the engine is busy", stream.id)
                 self.end_stream(stream, "failed")
-        for stream_id, (_, prompt, seed) in self._opening.items():
+        for stream_id, (_, command) in self._opening.items():
             if lost(stream_id):
-                self.engine.submit(OpenStream(stream_id, prompt, seed))
+                self.engine.submit(command)
 
     def _opened(self, info: StreamOpened) -> None:
         if (live := self.streams.get(info.stream_id)) is not None:
             live.on_restored(info)  # a restore after an engine restart
             return
-        fut, prompt, seed = self._opening.pop(info.stream_id, (None, "", 0))
+        fut, cmd = self._opening.pop(info.stream_id, (None, None))
         if fut is None or fut.done():  # the creator gave up: free the model's stream
             self.engine.close_stream(info.stream_id)
             return
-        stream = LiveStream(self, info.stream_id, prompt, seed, info)
+        stream = LiveStream(self, info.stream_id, cmd.prompt, cmd.seed, info, image=cmd.image)
         self.streams[stream.id] = stream
         self.metrics.streams.inc()
         stream.start()
@@ -542,8 +545,9 @@ class LiveServer:
     async def _on_message(self, conn: Connection, raw: str | bytes) -> None:
         seq = None
         try:
-            msg = protocol.decode(raw, self.config.max_message_bytes)
+            msg = protocol.decode(raw, self.config.hard_message_bytes)
             seq = protocol.seq_of(msg)  # read first, so that even a refusal can echo it
+            protocol.check_size(msg, raw, self.config.max_message_bytes)
             if not conn.message_limit.take(time.monotonic()):
                 raise request_error("rate_limited", "too many messages; slow down")
             protocol.check_type(msg)
@@ -579,8 +583,9 @@ class LiveServer:
             "protocol": protocol.PROTOCOL_VERSION,
             "model": mc.name,
             "fps": mc.stream.fps,
-            "width": mc.stream.width,
-            "height": mc.stream.height,
+            "width": mc.stream.width * cfg.upscale,  # of the frames sent (after upscaling)
+            "height": mc.stream.height * cfg.upscale,
+            "upscale": cfg.upscale,
             "frames_per_chunk": per_chunk.rest,  # every chunk after the first
             "first_chunk_frames": per_chunk.first,
             "codecs": list(CODECS),
@@ -592,6 +597,7 @@ class LiveServer:
             "limits": {
                 "max_prompt_chars": cfg.max_prompt_chars,
                 "max_message_bytes": cfg.max_message_bytes,
+                "max_image_bytes": cfg.max_image_bytes,
                 "prompt_rate": cfg.prompt_rate,
                 "prompt_burst": cfg.prompt_burst,
                 "max_streams": cfg.max_streams,
@@ -690,18 +696,29 @@ class LiveServer:
 
     async def _on_create(self, conn: Connection, msg: dict) -> dict:
         owner = self._check_key(conn, msg)
-        prompt = self.check_prompt(field(msg, "prompt", str, DEFAULT_PROMPT))
         seed = field(msg, "seed", int, 0)
         if not 0 <= seed < 2**63:
             raise request_error("bad_message", "'seed' must be in [0, 2**63)", seed)
-        self._check_stream_room(owner)
+        image = None
+        if msg.get("image") is not None:  # the prompt completed from the image, the still
+            self._check_stream_room(owner)  # before the work of reading it
+            self.check_admission()
+            given = field(msg, "prompt", str, "")
+            text, image = await start_image(
+                self.model, given, msg["image"], self.config.max_image_bytes
+            )
+        else:
+            text = field(msg, "prompt", str, DEFAULT_PROMPT)
+        prompt = self.check_prompt(text)
+        self._check_stream_room(owner)  # after the image's await: none before _opening
         self.check_admission()
         stream_id = secrets.token_hex(4)
         fut = asyncio.get_running_loop().create_future()
         self.check_engine()
-        if not self.engine.submit(OpenStream(stream_id, prompt, seed)):
+        command = OpenStream(stream_id, prompt, seed, image=image)
+        if not self.engine.submit(command):
             raise request_error("busy", "the model worker is busy; try again shortly")
-        self._opening[stream_id] = (fut, prompt, seed)
+        self._opening[stream_id] = (fut, command)
         self._owners[stream_id] = owner
         try:
             stream = await asyncio.wait_for(fut, 60.0)

@@ -33,8 +33,10 @@ class ServerConfig:
     max_viewers_per_stream: int = 32
     control_viewer_slots: int = 1  # of a stream's viewer slots, kept for control-token holders
     max_viewers_per_connection: int = 8  # so one client cannot take a stream's every slot
-    max_message_bytes: int = 64 * 1024  # larger messages get a "too_big" error
-    hard_message_bytes: int = 1024 * 1024  # larger ones close the connection (1009)
+    max_message_bytes: int = 64 * 1024  # larger messages get a "too_big" error...
+    max_image_bytes: int = 4 * 1024 * 1024  # ...but a `create` may add a start image this big
+    hard_message_bytes: int = 8 * 1024 * 1024  # larger ones close the connection (1009)
+    upscale: int = 1  # spatial super-resolution after decoding (1: none, 2: the learned 2x)
     max_prompt_chars: int = 500
     prompt_rate: float = 4.0  # prompt/storyboard messages per second per connection...
     prompt_burst: int = 8  # ...with this burst
@@ -119,6 +121,8 @@ class ServerConfig:
             raise ConfigError(f"unknown engine {self.engine!r}; known: local, ray", self.engine)
         if self.workers < 1 or not self.gpus_per_worker > 0:
             raise ConfigError("workers must be at least 1 and gpus_per_worker above 0")
+        if self.upscale not in (1, 2):
+            raise ConfigError(f"upscale must be 1 or 2, got {self.upscale}", value=self.upscale)
         if self.torch_threads < 1:
             raise ConfigError("torch_threads must be at least 1", value=self.torch_threads)
         if self.dtype not in DTYPE_CHOICES:

@@ -17,6 +17,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 
 from server.auth import new_token
@@ -58,7 +59,9 @@ def codec_preferences(preferred_mime: str) -> list:
 
 class LiveStream:
     """`control_token` and `view_token` (server/auth.py) are new unless given (a stream
-    restored from a snapshot keeps its own)."""
+    restored from a snapshot keeps its own). `image`: the still a stream started from
+    (fitted to the frame), kept to start it again if the engine dies before a snapshot
+    holds it."""
 
     def __init__(
         self,
@@ -69,8 +72,10 @@ class LiveStream:
         info: StreamOpened,
         control_token: str | None = None,
         view_token: str | None = None,
+        image: np.ndarray | None = None,
     ):
         self.server = server
+        self.image = image
         self.control_token = control_token or new_token()
         self.view_token = view_token or new_token()
         self.config = server.config
@@ -177,6 +182,7 @@ class LiveStream:
             plan=plan,
             epoch=p.epoch,
             play_chunk=p.play_chunk,
+            image=self.image if point is None else None,  # else its snapshot's sink holds it
         )
 
     def on_restored(self, info: StreamOpened) -> None:

@@ -57,6 +57,14 @@ def decode(raw: str | bytes, max_bytes: int) -> dict[str, Any]:
     return msg
 
 
+def check_size(msg: dict[str, Any], raw: str | bytes, max_bytes: int) -> None:
+    """Only a `create` carrying an "image" may be over `max_bytes` (up to the connection's
+    hard limit; its image has a limit of its own); any other message that big is too_big."""
+    size = len(raw.encode() if isinstance(raw, str) else raw)
+    if size > max_bytes and not (msg.get("type") == "create" and msg.get("image") is not None):
+        raise request_error("too_big", f"message of {size} bytes; the limit is {max_bytes}", size)
+
+
 def _not_json(name: str) -> None:
     """NaN and Infinity: Python's json reads them, but JSON (and browsers) do not."""
     raise ValueError(f"{name} is not a JSON value")

@@ -14,6 +14,7 @@ import uvloop
 
 from model.precision import add_dtype_option
 from model.sampler import add_sampling_options, sampling_changes
+from model.upscale import add_upscale_option
 from model.wan.options import add_wan_options
 from server.auth import is_loopback
 from server.config import CODECS, ServerConfig
@@ -159,6 +160,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="--engine ray: GPUs each worker asks Ray for (fractions share one; default 1)",
     )
     add_dtype_option(p, default=d.dtype)
+    add_upscale_option(p, default=d.upscale)
     add_sampling_options(p)  # for every stream
     add_provenance_options(p)
     p.add_argument(
@@ -200,6 +202,7 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         ray_address=args.ray_address,
         gpus_per_worker=args.gpus_per_worker,
         dtype=args.dtype,
+        upscale=args.upscale,
         watermark=args.watermark,
         server_name=args.server_name,
         prompt_policy=args.prompt_policy,

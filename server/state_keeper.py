@@ -52,9 +52,9 @@ class StateKeeper:
         server = self.server
         mc = server.model.config
         fpc = mc.stream.chunk_latent_frames * mc.vae.time_stride
-        info = StreamOpened(
-            state.stream, mc.stream.fps, fpc, mc.stream.height, mc.stream.width, state.chunk
-        )
+        scale = server.config.upscale  # the frames it sends: after the upscaling stage
+        h, w = mc.stream.height * scale, mc.stream.width * scale
+        info = StreamOpened(state.stream, mc.stream.fps, fpc, h, w, state.chunk)
         plan = PromptPlan({c: PlanEntry(t, src) for c, t, src in state.plan})
         accepted = inspect.signature(LiveStream).parameters
         tokens = {n: getattr(state, n) for n in TOKENS if getattr(state, n) is not None}
