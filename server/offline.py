@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from memory.stream import Stream
+from memory.stream import Stream, prepare_start_image
 from model.bundle import VideoModel
 from model.errors import ConfigError, RenderError
 from model.storyboard import chunk_at
+from model.upscale import Upscaler
 from model.wan.load import load_named
 from server.video_file import Mp4Writer
 
@@ -40,6 +41,9 @@ class RenderResult:
     video_seconds: float
     wall_seconds: float
     realtime_factor: float
+    prompt: str = ""  # the first prompt as used (completed from a start image)
+    width: int = 0  # of the frames written (after any upscaling)
+    height: int = 0
 
 
 def resolve_model(
@@ -93,18 +97,24 @@ def render_video(
     seed: int = 0,
     on_progress: Callable[[RenderProgress], None] | None = None,
     mark: Callable[[np.ndarray], np.ndarray] | None = None,
+    image: np.ndarray | None = None,
+    upscaler: Upscaler | None = None,
 ) -> RenderResult:
-    """Generate `seconds` of video following `timeline` [(at_seconds, prompt)] into `path`.
+    """Generate `seconds` of video following `timeline` [(at_seconds, prompt)] into `path`,
+    starting from `image` (uint8 (H, W, 3)) if given, through `upscaler` if given.
 
     All prompts are validated before anything is generated; the file is written while
     generating, so memory stays flat however long the video. `mark` (the watermark) gets
-    each chunk's frames before they are encoded.
+    each chunk's frames (upscaled) before they are encoded.
     """
     check_duration(seconds)
     timeline = sorted(timeline)
     if not timeline:
         raise RenderError("nothing to render: no prompt given")
-    stream = Stream(model, timeline[0][1], seed=seed)
+    first = timeline[0][1]
+    if image is not None:
+        first, image = prepare_start_image(model, first, image)
+    stream = Stream(model, first, seed=seed, image=image, upscaler=upscaler)
     per_chunk = stream.frames  # frames per chunk, as the model's VAE decodes them
     switches = [(chunk_at(at, stream.fps, per_chunk), text) for at, text in timeline[1:]]
     for _, text in switches:  # validate every prompt up front
@@ -114,7 +124,7 @@ def render_video(
     pending = sorted(switches)
     written = 0
     t0 = time.perf_counter()
-    with Mp4Writer(path, stream.fps, stream.width, stream.height) as writer:
+    with Mp4Writer(path, stream.fps, stream.out_width, stream.out_height) as writer:
         for k in range(chunks):
             while pending and pending[0][0] <= k:
                 _, text = pending.pop(0)
@@ -131,4 +141,6 @@ def render_video(
                 )
     wall = time.perf_counter() - t0
     video = written / stream.fps
-    return RenderResult(Path(path), written, video, wall, video / max(wall, 1e-9))
+    rate = video / max(wall, 1e-9)
+    w, h = stream.out_width, stream.out_height
+    return RenderResult(Path(path), written, video, wall, rate, first, w, h)

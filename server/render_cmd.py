@@ -13,7 +13,9 @@ from pathlib import Path
 from model.errors import RenderError
 from model.precision import add_dtype_option
 from model.sampler import add_sampling_options, use_sampling_options
+from model.still import read_image_file
 from model.storyboard import load_storyboard
+from model.upscale import add_upscale_option, resolve_upscaler
 from model.wan.options import add_wan_options
 from server.offline import RenderProgress, check_duration, render_video, resolve_model
 from server.provenance.c2pa_sign import ManifestInfo, sign_mp4, signer_config
@@ -34,6 +36,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="video length (default 60, or 20 s past the storyboard's last item)",
     )
     p.add_argument("-o", "--output", required=True, help="output .mp4 path")
+    p.add_argument(
+        "--image",
+        help="start from this PNG or JPEG (fitted to the frame; the video opens on it and "
+        "continues it under the prompt)",
+    )
+    add_upscale_option(p)
     p.add_argument(
         "--seed", type=int, default=0, help="random seed: same seed, same video (default 0)"
     )
@@ -101,6 +109,8 @@ def run(args: argparse.Namespace) -> int:
     if args.prompt_policy:
         check_policy(PromptPolicy.load(args.prompt_policy), timeline, args.storyboard is not None)
     signer = signer_config(args.c2pa_key, args.c2pa_cert, args.state_dir) if args.c2pa else None
+    image = read_image_file(args.image) if args.image is not None else None
+    upscaler = resolve_upscaler(args.upscale)
     model = resolve_model(
         args.model, args.threads, args.dtype, args.base, args.lora, args.size, args.device
     )
@@ -122,10 +132,18 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         on_progress=None if args.quiet else progress_bar,
         mark=None if marker is None else lambda frames: marker.mark(render_id, frames),
+        image=image,
+        upscaler=upscaler,
     )
     if not args.quiet:
         sys.stderr.write("\n")
     extra = {"seed": args.seed, "prompts": [[at, text] for at, text in timeline]}
+    if image is not None:
+        extra["start_image"] = os.path.basename(args.image)
+        extra["prompts"][0][1] = result.prompt  # as used: completed from the image
+        print(f"started from {args.image} with the prompt {result.prompt!r}")
+    if upscaler is not None:
+        extra["upscale"] = upscaler.scale
     if marker is not None:
         extra["watermark"] = marker.payload(render_id).as_dict()
         print(f"watermark: {extra['watermark']}")
@@ -134,7 +152,8 @@ def run(args: argparse.Namespace) -> int:
         dev = " (a development key)" if signer.development else ""
         print(f"C2PA manifest signed with {signer.cert}{dev}")
     print(
-        f"wrote {result.path} ({result.frames} frames, {result.video_seconds:.1f} s) in "
+        f"wrote {result.path} ({result.frames} frames of {result.width}x{result.height}, "
+        f"{result.video_seconds:.1f} s) in "
         f"{result.wall_seconds:.1f} s: realtime x{result.realtime_factor:.2f}"
     )
     return 0
