@@ -4,6 +4,7 @@
     .venv/bin/python ops/bench.py --minutes 2     # quicker
     .venv/bin/python ops/bench.py --minutes 2 --guidance 3   # the cost of CFG (batch of 2)
     .venv/bin/python ops/bench.py --minutes 1 --batches 1 2 4 8   # batched-step chunks/s
+    .venv/bin/python ops/bench.py --minutes 1 --upscale 2 --batches  # with the 2x stage
 
 Prints medians over all chunks, and over the guided chunks after each start and switch
 (what a prompt switch waits for) and the others; RSS and cache bytes at minute 1 and at
@@ -29,6 +30,7 @@ from memory.stream import Stream
 from model.bundle import DEFAULT_WEIGHTS, VideoModel
 from model.precision import add_dtype_option, dtype_name, resolve_dtype
 from model.sampler import add_sampling_options, use_sampling_options
+from model.upscale import add_upscale_option, resolve_upscaler
 
 PROMPTS = [
     "a big red circle bouncing over the ocean",
@@ -93,6 +95,7 @@ def main() -> None:
         help="batch sizes whose batched-step throughput is measured beside one-at-a-time "
         "(ops/bench_batch.py; none: skip)",
     )
+    add_upscale_option(ap)
     ap.add_argument("--json", help="write the figures here too")
     args = ap.parse_args()
     if args.minutes < 1:
@@ -102,7 +105,9 @@ def main() -> None:
     dtype = resolve_dtype(args.dtype)
     model = VideoModel.load(path, dtype) if path else VideoModel.from_seed(0, "tiny", dtype)
     use_sampling_options(model, args)
-    stream = Stream(model, PROMPTS[0], seed=0)
+    stream = Stream(model, PROMPTS[0], seed=0, upscaler=resolve_upscaler(args.upscale))
+    names = ("plan", "recache", "denoise", "cache", "decode", "total")
+    names += ("upscale",) if args.upscale > 1 else ()
     fpc, fps = stream.frames_per_chunk, stream.fps
     chunks = int(args.minutes * 60 * fps / fpc)
     minute = 60 * fps // fpc
@@ -118,7 +123,7 @@ def main() -> None:
             stages.setdefault("text", []).append((time.perf_counter() - t) * 1e3)
         guided = stream.guided(k)
         stream.next_chunk()
-        for name in ("plan", "recache", "denoise", "cache", "decode", "total"):
+        for name in names:
             stages.setdefault(name, []).append(stream.stats.ms[name])
         if k:  # chunk 0 also pays for the warm-up
             by_guidance[guided].append(stream.stats.ms["total"])
@@ -145,7 +150,8 @@ def main() -> None:
         "dtype": dtype_name(dtype),
         **model.config.sampler.sampling(),
         "frames_per_chunk": fpc,
-        "size": f"{stream.width}x{stream.height}",
+        "size": f"{stream.out_width}x{stream.out_height}",
+        "upscale": args.upscale,
         "chunks": chunks,
         "median_ms": {k: round(v, 2) for k, v in med.items()},
         # what a switch waits for (the guided chunks after it) against the other chunks
