@@ -12,13 +12,16 @@ import pytest
 import torch
 from PIL import Image
 
+from memory.snapshot import StreamSnapshot
 from memory.stream import Stream, continue_from, prepare_start_image
 from model.bundle import VideoModel
+from model.chunk_frames import ChunkFrames
 from model.errors import ImageError
 from model.still import fit_image, read_image, read_image_file
 from model.tinyworld.reading import FrameReader
 from model.tinyworld.render import World, render_clip
 from model.tinyworld.spec import COLOUR_NAMES, SHAPES, parse_prompt
+from model.upscale import LearnedUpscaler2x
 from server.cli import main
 from server.video_file import read_frames
 
@@ -103,6 +106,49 @@ def test_an_image_start_shows_the_image_as_chunk_0_and_continues_from_it(micro):
     s.rewind(0)  # the image is given again, not generated
     assert np.array_equal(s.next_chunk(), chunks[0])
     model.with_sampler(warmup_chunks=0)
+
+
+def test_a_snapshot_of_an_image_start_restores_its_sink_and_carries(micro):
+    """A stream started from an image (no warm-up, though the sampler has one) and
+    upscaled: its snapshot says so, and the restored stream's next chunks equal the
+    original's after the same re-cache, bit for bit (the image is in the sink; the
+    upscaler's carry travels too)."""
+    model = micro.with_sampler(warmup_chunks=1)
+    try:
+        up = LearnedUpscaler2x.load()
+        img = scene("a big cyan ring standing still in the sunset", size=64)
+        orig = Stream(model, "moving down", seed=2, image=img, upscaler=up)
+        for _ in range(3):
+            orig.next_chunk()
+        snap = StreamSnapshot.from_bytes(orig.snapshot().to_bytes())
+        assert snap.warmup_chunks == 0 and snap.upscaler is not None
+        restored = Stream.restore(model, snap, upscaler=up)
+        assert restored.frames == orig.frames and restored.warmup_chunks == 0
+        orig.cache.prompt_key = None  # the original re-caches where the restore does
+        for _ in range(2):
+            assert np.array_equal(restored.next_chunk(), orig.next_chunk())
+    finally:
+        micro.with_sampler(warmup_chunks=0)
+
+
+def test_an_image_start_on_wan_parts_goes_through_wans_vae():
+    """On Wan parts (Wan's VAE: 1 + 4k frames at a video's start) the image is held for
+    the 9 frames of chunk 0 and the stream continues it as teacher forcing would; with an
+    image there is no warm-up, so chunk 0 is the decoder's start (9 frames) even when the
+    sampler has one."""
+    from wan_tiny import tiny_stream_model
+
+    model = tiny_stream_model()
+    img = np.random.default_rng(1).integers(0, 255, (50, 90, 3), dtype=np.uint8)
+    model.with_sampler(warmup_chunks=1)
+    s = Stream(model, "a cat walking in the rain", seed=4, image=img)
+    assert s.frames == ChunkFrames(9, 12)
+    chunks = [s.next_chunk() for _ in range(2)]
+    assert [c.shape for c in chunks] == [(9, 32, 64, 3), (12, 32, 64, 3)]
+    held = np.repeat(fit_image(img, 32, 64)[None], 21, axis=0)
+    model.with_sampler(warmup_chunks=0)
+    expect = continue_from(model, "a cat walking in the rain", held, 1, seed=4)
+    assert np.array_equal(np.concatenate(chunks), expect)
 
 
 def test_render_cli_starts_from_an_image_and_refuses_a_bad_one(tmp_path, capsys):

@@ -1,7 +1,10 @@
 """The 2x upscaling stage: shapes, causality across chunks, the shipped weights against
-bicubic, and `--upscale 2` through the stream, the render CLI and the live server."""
+bicubic, and `--upscale 2` through the stream, the render CLI, the engine's batching
+worker (watermark after the stage) and the live server (frame ring, sizes, viewer)."""
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import pytest
@@ -23,6 +26,10 @@ from model.upscale import (
 )
 from model.vae import frames_to_tensor, tensor_to_frames
 from server.cli import main
+from server.engine import OpenStream, StreamOpened
+from server.engine_child import EngineParams, worker_for
+from server.frame_ring import FrameRing
+from server.provenance.watermark import detect_frames
 from server.video_file import read_frames
 
 CLIP = render_clip("a small green triangle bouncing in the desert", 1.0, 64, seed=4)  # held out
@@ -134,14 +141,67 @@ def test_render_cli_upscale_2_writes_frames_twice_the_size(tmp_path, capsys):
     assert len(frames) == 24 and frames[0].shape == (128, 128, 3)
 
 
-async def test_serve_upscale_2_reports_and_sends_the_output_size(live_server, session):
-    """With upscale=2, hello and created report 256x256 and a viewer decodes 256x256."""
-    server = await live_server(upscale=2)
+def test_a_batching_engine_worker_upscales_each_stream_as_alone_then_marks_it(tiny_model):
+    """The engine's worker (worker_for) with upscale 2, a watermark and batches of 3: the
+    three streams (one started from an image) share forward passes, and each chunk sent is
+    its offline Stream's upscaled chunk with the stream's mark added after the stage (so
+    the mark is on the frames viewers get)."""
+    params = EngineParams(ahead_chunks=1, max_batch=3, upscale=2, watermark="test")
+    worker = worker_for(tiny_model, params)
+    marker = worker._mark.__self__  # the engine's StreamMarker
+    image = render_clip("a big blue ring standing still in the snow", 0.05, 128)[0]
+    prompts = {"a": "a red circle moving left", "b": "a blue ring moving up", "c": "a cyan square"}
+    images = {"b": image}
+    worker.start()
+    got: dict[str, dict[int, np.ndarray]] = {k: {} for k in prompts}
+    batched = 0
+    try:
+        for i, (k, p) in enumerate(prompts.items()):
+            assert worker.submit(OpenStream(k, p, i, image=images.get(k)))
+        deadline = time.monotonic() + timeout(60)
+        while any(len(g) < 3 for g in got.values()) and time.monotonic() < deadline:
+            r = worker.results.get(timeout=timeout(30))
+            if isinstance(r, StreamOpened):
+                assert (r.height, r.width) == (256, 256)
+                continue
+            got[r.stream_id].setdefault(r.chunk.index, r.chunk.frames)
+            batched += r.ms.get("batch", 1) > 1
+            assert "upscale" in r.ms
+            worker.set_progress(r.stream_id, max(got[r.stream_id]))
+    finally:
+        assert worker.stop(timeout(10))
+    assert batched > 0
+    up = LearnedUpscaler2x.load()
+    for i, (k, p) in enumerate(prompts.items()):
+        offline = Stream(tiny_model, p, seed=i, image=images.get(k), upscaler=up)
+        for c in range(3):
+            expected = marker.watermarker.mark(offline.next_chunk(), marker.payload(k))
+            assert got[k][c].shape == (12, 256, 256, 3)
+            assert np.abs(got[k][c].astype(int) - expected.astype(int)).max() <= 2, (k, c)
+
+
+async def test_serve_upscale_2_reports_and_sends_the_output_size(live_server, session, monkeypatch):
+    """With upscale=2: hello and created report 256x256, the engine's frame ring has
+    slots for 256x256 chunks and every chunk travels in one, and an aiortc viewer decodes
+    256x256 frames that carry the stream's watermark."""
+    shapes = []
+    ring_read = FrameRing.read
+
+    def read(self, slot, shape):
+        shapes.append(tuple(shape))
+        return ring_read(self, slot, shape)
+
+    monkeypatch.setattr(FrameRing, "read", read)
+    server = await live_server(upscale=2, server_name="test-server")
+    assert server.engine.slot_bytes == 12 * 256 * 256 * 3
     s = await session(server.ws_url)
     hello = await s.request({"type": "hello"})
     assert (hello["width"], hello["height"], hello["upscale"]) == (256, 256, 2)
     created = await s.create("a red circle bouncing")
     assert (created["width"], created["height"]) == (256, 256)
     viewer = await s.watch(created["stream"])
-    frames = await viewer.wait_frames(3, timeout(30))
+    frames = await viewer.wait_frames(48, timeout(30))
     assert frames[0].image.shape == (256, 256, 3)
+    found = detect_frames(np.stack([f.image for f in frames[:48]]))
+    assert found.found and found.payload == server.marker.payload(created["stream"])
+    assert shapes and set(shapes) == {(12, 256, 256, 3)}

@@ -5,35 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from wan_tiny import DIT, tiny_tokenizer, tiny_transformer, tiny_umt5, tiny_vae
+from wan_tiny import tiny_stream_model
 
 from memory.stream import Stream, chunk_frames_of
-from model.bundle import VideoModel
 from model.chunk_frames import ChunkFrames
-from model.config import ModelConfig, StreamConfig, TextConfig, VAEConfig
-from model.dit import WanModel
-from model.wan.checkpoints import dit_config_from_state
-from model.wan.keys import DIFFUSERS
-from model.wan.text import UMT5TextEncoder
-from model.wan.vae import WanVAE
 
 
 @pytest.fixture(scope="module")
 def model():
-    state = DIFFUSERS(tiny_transformer().state_dict())
-    cfg = dit_config_from_state(state, heads=DIT["num_attention_heads"])
-    dit = WanModel(cfg)
-    dit.load_state_dict(state, strict=True)
-    vae = WanVAE(tiny_vae(z_dim=16, wan_stats=True))
-    text = UMT5TextEncoder(tiny_umt5(d_model=16), tiny_tokenizer())
-    config = ModelConfig(
-        name="wan-test",
-        vae=VAEConfig(z_dim=16),
-        dit=cfg,
-        text=TextConfig(dim=16),
-        stream=StreamConfig(height=32, width=64, fps=16, window_latent_frames=6),
-    )
-    return VideoModel(config, dit=dit, vae=vae, text=text)
+    return tiny_stream_model()
 
 
 def test_chunks_hold_9_then_12_frames(model):

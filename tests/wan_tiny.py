@@ -96,6 +96,32 @@ def tiny_parts(seed: int = 0):
     )
 
 
+def tiny_stream_model():
+    """A VideoModel of Wan parts (the tiny denoiser, a Wan VAE, umT5) at 64x32, 16 fps."""
+    from model.bundle import VideoModel
+    from model.config import ModelConfig, StreamConfig, TextConfig, VAEConfig
+    from model.dit import WanModel
+    from model.wan.checkpoints import dit_config_from_state
+    from model.wan.keys import DIFFUSERS
+    from model.wan.text import UMT5TextEncoder
+    from model.wan.vae import WanVAE
+
+    state = DIFFUSERS(tiny_transformer().state_dict())
+    cfg = dit_config_from_state(state, heads=DIT["num_attention_heads"])
+    dit = WanModel(cfg)
+    dit.load_state_dict(state, strict=True)
+    vae = WanVAE(tiny_vae(z_dim=16, wan_stats=True))
+    text = UMT5TextEncoder(tiny_umt5(d_model=16), tiny_tokenizer())
+    config = ModelConfig(
+        name="wan-test",
+        vae=VAEConfig(z_dim=16),
+        dit=cfg,
+        text=TextConfig(dim=16),
+        stream=StreamConfig(height=32, width=64, fps=16, window_latent_frames=6),
+    )
+    return VideoModel(config, dit=dit, vae=vae, text=text)
+
+
 def write_diffusers_base(path, seed: int = 0):
     """A tiny base in the diffusers layout, written by WanPipeline.save_pretrained."""
     from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
