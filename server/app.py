@@ -545,9 +545,10 @@ class LiveServer:
     async def _on_message(self, conn: Connection, raw: str | bytes) -> None:
         seq = None
         try:
-            msg = protocol.decode(raw, self.config.hard_message_bytes)
+            cfg = self.config
+            msg = protocol.decode(raw, cfg.max_message_bytes, cfg.hard_message_bytes)
             seq = protocol.seq_of(msg)  # read first, so that even a refusal can echo it
-            protocol.check_size(msg, raw, self.config.max_message_bytes)
+            protocol.check_size(msg, raw, cfg.max_message_bytes)
             if not conn.message_limit.take(time.monotonic()):
                 raise request_error("rate_limited", "too many messages; slow down")
             protocol.check_type(msg)

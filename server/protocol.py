@@ -41,11 +41,25 @@ def request_error(code: str, message: str, value: object = None) -> ProtocolErro
     return ProtocolError(code, message, value)
 
 
-def decode(raw: str | bytes, max_bytes: int) -> dict[str, Any]:
-    """Decode one websocket message into a JSON object (raises with a code)."""
+def decode(raw: str | bytes, max_bytes: int, read_bytes: int = 0) -> dict[str, Any]:
+    """Decode one websocket message into a JSON object (raises with a code).
+
+    A message over `max_bytes` is too_big. One up to `read_bytes` is read first, so that a
+    `create` with an image may pass (`check_size` says, and a refusal can echo its seq);
+    if it is not a JSON object it is too_big all the same."""
     size = len(raw.encode() if isinstance(raw, str) else raw)
-    if size > max_bytes:
-        raise request_error("too_big", f"message of {size} bytes; the limit is {max_bytes}", size)
+    if size <= max_bytes:
+        return _parse(raw)
+    too_big = request_error("too_big", f"message of {size} bytes; the limit is {max_bytes}", size)
+    if size > read_bytes:
+        raise too_big
+    try:
+        return _parse(raw)
+    except ProtocolError:
+        raise too_big from None
+
+
+def _parse(raw: str | bytes) -> dict[str, Any]:
     try:
         msg = json.loads(raw, parse_constant=_not_json)
     except (ValueError, UnicodeDecodeError) as exc:

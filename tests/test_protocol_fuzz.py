@@ -254,8 +254,9 @@ def answered(ws, seq: str, first: bool = False) -> list[dict]:
 
 
 def expected_seq(raw: str | bytes) -> object:
-    if len(raw.encode() if isinstance(raw, str) else raw) > MAX_BYTES:
-        return None  # not parsed: too_big carries no seq
+    """The seq the reply echoes: a message's own, when it reads as JSON (a message over
+    MAX_BYTES too: it is read, as a create with an image may be bigger, and its too_big
+    echoes the seq); None for one that does not read."""
     try:
         return protocol.seq_of(json.loads(raw))
     except (ValueError, RecursionError):
