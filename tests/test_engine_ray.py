@@ -1,15 +1,20 @@
 """--engine ray: streams placed on Ray actor workers (a local cluster on 127.0.0.1, two
 CPU workers standing in for GPUs through logical GPU resources); a worker killed moves its
-streams to the other worker from their snapshots, and the viewers keep their connections."""
+streams to the other worker from their snapshots, and the viewers keep their connections;
+the workers build the upscaling stage and start streams from images."""
 
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import signal
 import urllib.request
 
 from conftest import timeout
+from PIL import Image
+
+from model.tinyworld.render import render_clip
 
 A = "a big red circle bouncing over the ocean"
 B = "a small blue square moving left in the snow"
@@ -61,3 +66,31 @@ async def test_streams_spread_over_workers_and_survive_five_worker_kills(live_se
     assert 'endless_worker_up{worker="w1"} 1.0' in body
     restarts = sum(w.generation - 1 for w in server.engine.workers)
     assert restarts == 5
+
+
+async def test_a_ray_worker_upscales_an_image_stream_and_moves_it_with_its_sink(
+    live_server, session
+):
+    """--engine ray with --upscale 2: the worker builds the stage, so a stream started from
+    an image sends 256x256 frames; killed, its worker's stream comes back from its snapshot
+    (the image in its sink) on a live worker, still at 256x256."""
+    server = await live_server(engine="ray", workers=2, upscale=2, grace_seconds=5)
+    s = await session(server.ws_url)
+    buf = io.BytesIO()
+    Image.fromarray(render_clip("a big green ring standing still in the ocean", 0.05)[0]).save(
+        buf, format="PNG"
+    )
+    created = await s.create("moving left", image=buf.getvalue())
+    assert created["prompt"] == "a green ring moving left"
+    assert (created["width"], created["height"]) == (256, 256)
+    sid = created["stream"]
+    viewer = await s.watch(sid)
+    assert (await viewer.wait_frames(12, timeout(30)))[0].image.shape == (256, 256, 3)
+    old = (await listing(s))[sid]["worker_pid"]
+    os.kill(old, signal.SIGKILL)
+    async with asyncio.timeout(timeout(MOVE_SECONDS)):
+        while (await listing(s)).get(sid, {}).get("worker_pid") in (None, old):
+            await asyncio.sleep(0.1)
+    seen = viewer.received
+    frames = await viewer.wait_frames(seen + 12, timeout(MOVE_SECONDS))
+    assert frames[-1].image.shape == (256, 256, 3) and sid in server.streams
