@@ -273,6 +273,7 @@ class LiveServer:
             # after the upscaling stage: the mark is on the frames viewers get
             watermark=cfg.server_name if self.marker is not None else None,
             upscale=cfg.upscale,
+            solo_threads=cfg.solo_threads,
         )
         fpc = sc.chunk_latent_frames * self.model.config.vae.time_stride
         if cfg.engine == "ray":

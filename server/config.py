@@ -56,6 +56,7 @@ class ServerConfig:
     outbox_queue: int = 256  # events waiting for one websocket; when full stats are dropped
     stats_seconds: float = 1.0  # how often stats events are pushed
     torch_threads: int = 1  # intra-op threads of the one model worker
+    solo_threads: int | None = None  # its threads while it runs one stream (None: the same)
     max_batch: int = 4  # streams whose chunks share one forward pass (1: one at a time)
     degrade: bool = True  # overloaded: fewer steps, then new streams refused (load_policy)
     min_steps: int | None = None  # the fewest steps it degrades to (None: half the model's)
@@ -125,6 +126,8 @@ class ServerConfig:
             raise ConfigError(f"upscale must be 1 or 2, got {self.upscale}", value=self.upscale)
         if self.torch_threads < 1:
             raise ConfigError("torch_threads must be at least 1", value=self.torch_threads)
+        if self.solo_threads is not None and self.solo_threads < 1:
+            raise ConfigError("solo_threads must be at least 1", value=self.solo_threads)
         if self.dtype not in DTYPE_CHOICES:
             raise ConfigError(
                 f"unknown dtype {self.dtype!r}; known: {', '.join(DTYPE_CHOICES)}", value=self.dtype

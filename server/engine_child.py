@@ -75,6 +75,7 @@ class EngineParams:
     degrade: bool = True  # fewer steps when overloaded (server/load_policy.py)
     min_steps: int | None = None  # the fewest it degrades to (None: half the model's)
     upscale: int = 1  # the upscaling stage after the decode (1: none, 2: the learned 2x)
+    solo_threads: int | None = None  # torch threads while one stream is on (None: the same)
 
 
 def engine_model(source: ModelSource, params: EngineParams):
@@ -101,6 +102,7 @@ def worker_for(model, params: EngineParams) -> GenerationWorker:
         max_batch=params.max_batch,
         governor=governor_for(model, params),
         upscaler=resolve_upscaler(params.upscale),
+        solo_threads=params.solo_threads,
     )
 
 

@@ -83,6 +83,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="torch threads of the model worker (default %(default)s)",
     )
     p.add_argument(
+        "--solo-threads",
+        type=int,
+        default=d.solo_threads,
+        metavar="N",
+        help="torch threads of the model worker while it runs a single stream (default: "
+        "--threads); one stream leaves the other cores idle",
+    )
+    p.add_argument(
         "--api-key",
         action="append",
         metavar="KEY",
@@ -195,6 +203,7 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         max_streams_per_key=args.max_streams_per_key,
         grace_seconds=args.grace,
         torch_threads=args.threads,
+        solo_threads=args.solo_threads,
         max_batch=args.max_batch,
         degrade=args.degrade,
         min_steps=args.min_steps,

@@ -120,12 +120,17 @@ class GenerationWorker:
         max_batch: int = 1,
         governor: StepGovernor | None = None,
         upscaler: Upscaler | None = None,
+        solo_threads: int | None = None,
     ):
         self.model = model
         self.governor = governor  # fewer steps when overloaded (server/load_policy.py)
         self.upscaler = upscaler  # every stream's upscaling stage (shared: it keeps no state)
         self.ahead = ahead_chunks
         self.torch_threads = torch_threads
+        # with one stream on, the cores the others would use are idle: its chunks (a
+        # switch's guided chunk above all) may take them
+        self.solo_threads = solo_threads or torch_threads
+        self.threads = torch_threads  # what torch runs with now
         self.max_batch = max_batch  # streams whose chunks share one forward pass
         self.commands: queue.Queue = queue.Queue(maxsize=command_queue)
         self.results: queue.Queue[Result] = queue.Queue(maxsize=result_queue)
@@ -203,7 +208,7 @@ class GenerationWorker:
 
     # -- the thread ------------------------------------------------------------------------
     def _run(self) -> None:
-        torch.set_num_threads(self.torch_threads)
+        torch.set_num_threads(self.threads)
         with torch.inference_mode():
             while not self._stop.is_set():
                 self._wake.clear()
@@ -214,10 +219,17 @@ class GenerationWorker:
                     self._wake.wait(0.5)
                     continue
                 self._turn = (self._jobs.index(batch[0]) + 1) % len(self._jobs)
+                self._pick_threads()
                 if len(batch) == 1:
                     self._generate(batch[0])
                 else:
                     self._generate_batch(batch)
+
+    def _pick_threads(self) -> None:
+        want = self.solo_threads if len(self._jobs) == 1 else self.torch_threads
+        if want != self.threads:
+            torch.set_num_threads(want)
+            self.threads = want
 
     def _take_progress(self) -> None:
         with self._lock:

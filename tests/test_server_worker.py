@@ -203,3 +203,46 @@ def test_chunks_carry_the_snapshot_an_open_restores_from(tiny_model):
     expected = Stream.restore(tiny_model, StreamSnapshot.from_bytes(last.snapshot))
     expected.set_prompt(B, at_chunk=3)
     assert np.array_equal(ready.chunk.frames, expected.next_chunk())
+
+
+def test_a_lone_stream_runs_on_the_solo_threads_and_two_on_the_usual(tiny_model, monkeypatch):
+    """solo_threads: with one stream on, its chunks run on that many torch threads; once a
+    second stream opens, chunks go back to torch_threads; the frames stay the offline
+    ones (within a level: the sums run in another order)."""
+    import torch
+
+    from server import worker as worker_module
+
+    seen: list[tuple[int, int]] = []  # (streams on, torch threads) at each denoise
+    real = worker_module.denoise_together
+
+    def recording(pairs, superseded):
+        seen.append((len(worker._jobs), torch.get_num_threads()))
+        return real(pairs, superseded)
+
+    monkeypatch.setattr(worker_module, "denoise_together", recording)
+    worker = GenerationWorker(tiny_model, 1, 8, 16, 1, notify=lambda: None, solo_threads=2)
+    worker.start()
+    got: dict[str, dict[int, np.ndarray]] = {"a": {}, "b": {}}
+    try:
+        assert worker.submit(OpenStream("a", A, 0))
+        while len(got["a"]) < 2:
+            r = next_result(worker)
+            if isinstance(r, ChunkReady):
+                got["a"][r.chunk.index] = r.chunk.frames
+        assert worker.submit(OpenStream("b", B, 1))
+        worker.set_progress("a", 1)
+        while len(got["b"]) < 2 or len(got["a"]) < 3:
+            r = next_result(worker, 30)
+            if isinstance(r, ChunkReady):
+                got[r.stream_id][r.chunk.index] = r.chunk.frames
+                worker.set_progress(r.stream_id, max(got[r.stream_id]))
+    finally:
+        assert worker.stop(timeout(10))
+    assert (1, 2) in seen and (2, 1) in seen
+    assert all(threads == (2 if streams == 1 else 1) for streams, threads in seen)
+    for k, (prompt, seed) in {"a": (A, 0), "b": (B, 1)}.items():
+        offline = Stream(tiny_model, prompt, seed=seed)
+        for c in sorted(got[k]):
+            expected = offline.next_chunk()
+            assert np.abs(got[k][c].astype(int) - expected.astype(int)).max() <= 1, (k, c)
