@@ -175,6 +175,7 @@ async def soak(args) -> dict:
                     "engine_pid": health.get("engine_pid"),
                     "open_files": srv.num_fds(),
                     "threads": srv.num_threads(),
+                    "viewers": int(metric(text, "endless_viewers")),
                     "stalls": int(stalls - last_stalls),
                     "frames": [st.frames_this_minute for st in streams],
                     "restarts": health.get("restarts"),
