@@ -4,8 +4,11 @@ The mark lives on a coarse grid tied to the picture, `GRID` cells along its shor
 128x128 frame: 2x2-pixel cells; 832x480: 7.5-pixel cells), so it follows a rescale. From a
 key come 88 pseudo-random +-1 grid patterns: 16 for a sync word the key also fixes, 72 for
 the payload's coded bits (payload.py). The mark is their signed sum (bit 1: +, bit 0: -),
-smoothed up to the frame (bilinear) and added to luma with a per-pixel strength that grows
-with local texture (up to 7x where the picture is busy), the same mark on every frame.
+smoothed up to the frame (bilinear) and added to luma, the same mark on every frame, with a
+per-pixel strength (`strength_map`) that grows with local texture (up to 7x where the
+picture is busy) and falls to nothing on and within 2 pixels of object outlines: places of
+high colour contrast made of little fine detail (edges, ramps, blobs), where a reader of
+the picture decides which pixels belong to an object.
 
 Detection keeps each frame's luma on the grid, high-passed, and correlates the sum over
 frames with the dual basis of the patterns (so they do not leak into each other), after
