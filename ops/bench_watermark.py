@@ -183,7 +183,8 @@ async def capture_live(model: VideoModel, n: int, seed: int) -> dict:
                 want = server.marker.payload(stream)
                 hits.append(result.found and result.payload == want)
                 zs.append(result.z)
-                print(f"  capture {i:2d} {prompt[:44]:44s} z {result.z:.1f} {hits[-1]}")
+                note = "" if hits[-1] else f" (read {result.payload}, marked {want})"
+                print(f"  capture {i:2d} {prompt[:44]:44s} z {result.z:.1f} {hits[-1]}{note}")
     return {
         "captures": n,
         "found_after_h264_crf26": rate(hits),
