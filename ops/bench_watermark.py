@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import fractions
-import io
 import json
 import statistics
 import tempfile
@@ -31,10 +29,6 @@ from pathlib import Path
 import av
 import numpy as np
 import torch
-from aiortc import RTCRtpCodecParameters
-from aiortc.codecs import get_decoder, get_encoder
-from aiortc.codecs.vpx import vp8_depayload
-from aiortc.jitterbuffer import JitterFrame
 
 from model.bundle import VideoModel
 from model.tinyworld.captions import evaluation_prompts
@@ -43,36 +37,9 @@ from model.tinyworld.render import render_clip
 from server.offline import render_video
 from server.provenance.marking import StreamMarker
 from server.provenance.payload import Payload
+from server.provenance.roundtrip import h264, vp8
 from server.provenance.watermark import Z_FOUND, Watermarker, detect_frames
 from server.verify_cmd import detect_file
-
-
-def h264(frames: np.ndarray, crf: int = 26) -> np.ndarray:
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="mp4") as c:
-        s = c.add_stream("libx264", rate=24)
-        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        s.options = {"crf": str(crf), "preset": "veryfast"}
-        for rgb in frames:
-            c.mux(s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")))
-        c.mux(s.encode())
-    buf.seek(0)
-    with av.open(buf) as c:
-        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
-
-
-def vp8(frames: np.ndarray, bitrate: int = 500_000) -> np.ndarray:
-    params = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000)
-    enc, dec = get_encoder(params), get_decoder(params)
-    enc.target_bitrate = bitrate
-    out = []
-    for i, rgb in enumerate(frames):
-        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-        vf.pts, vf.time_base = i * 3750, fractions.Fraction(1, 90000)
-        payloads, ts = enc.encode(vf, i % 48 == 0)
-        data = b"".join(vp8_depayload(p) for p in payloads)
-        out += [f.to_ndarray(format="rgb24") for f in dec.decode(JitterFrame(data, ts))]
-    return np.stack(out)
 
 
 def resize(frames: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -216,7 +183,8 @@ async def capture_live(model: VideoModel, n: int, seed: int) -> dict:
                 want = server.marker.payload(stream)
                 hits.append(result.found and result.payload == want)
                 zs.append(result.z)
-                print(f"  capture {i:2d} {prompt[:44]:44s} z {result.z:.1f} {hits[-1]}")
+                note = "" if hits[-1] else f" (read {result.payload}, marked {want})"
+                print(f"  capture {i:2d} {prompt[:44]:44s} z {result.z:.1f} {hits[-1]}{note}")
     return {
         "captures": n,
         "found_after_h264_crf26": rate(hits),

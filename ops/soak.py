@@ -175,6 +175,7 @@ async def soak(args) -> dict:
                     "engine_pid": health.get("engine_pid"),
                     "open_files": srv.num_fds(),
                     "threads": srv.num_threads(),
+                    "viewers": int(metric(text, "endless_viewers")),
                     "stalls": int(stalls - last_stalls),
                     "frames": [st.frames_this_minute for st in streams],
                     "restarts": health.get("restarts"),
@@ -205,7 +206,8 @@ def summarize(rows: list[dict], kills: int, args) -> dict:
 
     warm = rows[1:] if len(rows) > 2 else rows  # minute 1 is warm-up
     last_pid = warm[-1]["engine_pid"] if warm else None
-    same_engine = [r for r in warm if r["engine_pid"] == last_pid]
+    # the last engine's own minutes, from its second: in its first it may still be loading
+    same_engine = [r for r in warm if r["engine_pid"] == last_pid][1:]
     return {
         "streams": args.streams,
         "minutes": len(rows),

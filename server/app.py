@@ -468,7 +468,9 @@ class LiveServer:
         if fut is None or fut.done():  # the creator gave up: free the model's stream
             self.engine.close_stream(info.stream_id)
             return
-        stream = LiveStream(self, info.stream_id, cmd.prompt, cmd.seed, info, image=cmd.image)
+        stream = LiveStream(
+            self, info.stream_id, cmd.prompt, cmd.seed, info, image=cmd.image, created=cmd.started
+        )
         self.streams[stream.id] = stream
         self.metrics.streams.inc()
         stream.start()
@@ -717,7 +719,10 @@ class LiveServer:
         stream_id = secrets.token_hex(4)
         fut = asyncio.get_running_loop().create_future()
         self.check_engine()
-        command = OpenStream(stream_id, prompt, seed, image=image)
+        started = time.time()
+        if self.marker is not None:  # the payload the engine will mark with, fixed now
+            self.marker.payload(stream_id, started)
+        command = OpenStream(stream_id, prompt, seed, image=image, started=started)
         if not self.engine.submit(command):
             raise request_error("busy", "the model worker is busy; try again shortly")
         self._opening[stream_id] = (fut, command)

@@ -49,6 +49,9 @@ class OpenStream:
     # a start image, decoded and fitted to the frame by the server (uint8 (H, W, 3)): the
     # engine never reads image files; None to start from nothing (or from the snapshot)
     image: np.ndarray | None = None
+    # when the stream was created (unix seconds): its watermark's time field, the same in
+    # every engine that ever runs it (None: the engine's first chunk)
+    started: float | None = None
 
 
 @dataclass(frozen=True)

@@ -5,16 +5,7 @@ certificates, SRTP sessions, ICE sockets, codec buffers). glibc's allocator keep
 chunks in its arenas, so a server whose viewers come and go grows in RSS though nothing
 leaks: 150 peer pairs in a bare aiortc loop grow a process by 18 MiB, and by 0.2 MiB when
 `malloc_trim(0)` runs between them. The server trims shortly after a viewer leaves and
-once a minute besides.
-
-Trimming returns only what lies free at the top of a heap; two glibc habits keep the rest.
-Every thread that allocates gets an arena of its own (up to 8 per core): the encoder and
-executor threads each fragment one. And the threshold above which a block is mapped on its
-own rises to the size of the last mapped block freed, so after the first frame buffer
-(128x128 RGB: 48 KiB, 256x256: 192 KiB; a decoded VP8/H.264 picture) goes back, every later
-one is carved from an arena. `tune_allocator()` caps the arenas at two and pins the
-threshold at 128 KiB (what a process starts with), so frame-sized blocks go back to the
-OS when they are freed. Without glibc (musl, macOS) all of this does nothing.
+once a minute besides. Without glibc (musl, macOS) this does nothing.
 """
 
 from __future__ import annotations
@@ -40,23 +31,6 @@ def _malloc_trim():
 
 
 _TRIM = _malloc_trim()
-
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameters (malloc.h)
-M_ARENA_MAX = -8
-ARENAS = 2
-MMAP_THRESHOLD = 128 * 1024  # glibc's own starting value; setting it stops its drift upwards
-
-
-def tune_allocator() -> bool:
-    """Cap glibc's arenas and pin its mmap threshold (see the module docstring); call it
-    early, before the threads it should cover allocate. False where the C library cannot."""
-    try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    return bool(mallopt(M_ARENA_MAX, ARENAS)) and bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
 
 
 def trim_heap() -> bool:

@@ -61,7 +61,8 @@ class LiveStream:
     """`control_token` and `view_token` (server/auth.py) are new unless given (a stream
     restored from a snapshot keeps its own). `image`: the still a stream started from
     (fitted to the frame), kept to start it again if the engine dies before a snapshot
-    holds it."""
+    holds it. `created`: when it was created (unix seconds; a resumed stream keeps its
+    own), the time its watermark carries."""
 
     def __init__(
         self,
@@ -73,6 +74,7 @@ class LiveStream:
         control_token: str | None = None,
         view_token: str | None = None,
         image: np.ndarray | None = None,
+        created: float | None = None,
     ):
         self.server = server
         self.image = image
@@ -92,7 +94,7 @@ class LiveStream:
         self.storyboard: list[tuple[float, str]] = []  # the last one set (OSC cues play it)
         self.members: set[Connection] = set()
         self.anchors: deque[tuple[int, int, bool]] = deque(maxlen=8)
-        self.created = time.time()
+        self.created = time.time() if created is None else created  # its watermark's time
         self.ended = False
         self.chunk_ms: dict[str, float] = {}
         self.cache_bytes = 0
@@ -183,6 +185,7 @@ class LiveStream:
             epoch=p.epoch,
             play_chunk=p.play_chunk,
             image=self.image if point is None else None,  # else its snapshot's sink holds it
+            started=self.created,
         )
 
     def on_restored(self, info: StreamOpened) -> None:

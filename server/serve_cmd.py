@@ -18,7 +18,6 @@ from model.upscale import add_upscale_option
 from model.wan.options import add_wan_options
 from server.auth import is_loopback
 from server.config import CODECS, ServerConfig
-from server.heap_trim import tune_allocator
 from server.provenance.options import add_provenance_options
 
 
@@ -263,7 +262,6 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    tune_allocator()  # before any thread allocates: frame-sized blocks go back to the OS
     uvloop.run(serve(config_from(args)))
     # The shutdown above is complete (clients told, state and files written, peers and the
     # engine closed). The interpreter's own teardown with torch and aiortc loaded takes

@@ -7,7 +7,8 @@ one (a reader sees the old file or the new one, never half of one):
     ID.safetensors   the stream's snapshot (memory.snapshot.StreamSnapshot.to_bytes())
     ID.json          {"format": "endless.stream-state", "version": 1, "stream": ID,
                       "seed", "chunk", "frame", "paused", "plan": [[chunk, text, source]],
-                      "control_token", "view_token", "snapshot_sha256", "saved_at"}
+                      "control_token", "view_token", "started", "snapshot_sha256",
+                      "saved_at"}
 
 The JSON is written last and names the snapshot's SHA-256, so a crash between the two
 writes leaves a pair that does not match: it is skipped like a corrupt one. Files are
@@ -46,6 +47,7 @@ class StreamState:
     snapshot: bytes
     control_token: str | None = None
     view_token: str | None = None
+    started: float | None = None  # when the stream was created: its watermark's time
 
 
 class BadStateFile(Exception):
@@ -73,6 +75,7 @@ class StateDir:
             "plan": [list(e) for e in state.plan],
             "control_token": state.control_token,
             "view_token": state.view_token,
+            "started": state.started,
             "snapshot_sha256": hashlib.sha256(state.snapshot).hexdigest(),
             "saved_at": time.time(),
         }
@@ -131,6 +134,7 @@ class StateDir:
                 snapshot=data,
                 control_token=_token(meta.get("control_token")),
                 view_token=_token(meta.get("view_token")),
+                started=_time(meta.get("started")),
             )
         except BadStateFile:
             raise
@@ -140,6 +144,11 @@ class StateDir:
 
 def _token(value) -> str | None:
     return value if isinstance(value, str) else None
+
+
+def _time(value) -> float | None:
+    """A unix time from a state file (None where it is missing or not a number)."""
+    return float(value) if isinstance(value, int | float) and value > 0 else None
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

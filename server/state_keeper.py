@@ -64,8 +64,11 @@ class StateKeeper:
             plan.prompt_at(state.frame // fpc),
             state.seed,
             info,
+            created=state.started,
             **{n: v for n, v in tokens.items() if n in accepted},
         )
+        if server.marker is not None:  # the mark it carried before the restart
+            server.marker.payload(stream.id, stream.created)
         for name, value in tokens.items():
             if name not in accepted:  # a LiveStream that does not take tokens yet
                 setattr(stream, name, value)
@@ -102,6 +105,7 @@ class StateKeeper:
             snapshot=data,
             control_token=getattr(stream, "control_token", None),
             view_token=getattr(stream, "view_token", None),
+            started=stream.created,
         )
 
     async def save_all(self, force: bool = False) -> int:

@@ -73,6 +73,7 @@ class _Job:
     epoch: int = 0
     play_chunk: int = 0
     last_progress: float = 0.0  # when play_chunk last moved (monotonic): playing, not paused
+    started: float | None = None  # when the stream was created (its watermark's time)
 
     def prompt_at(self, chunk: int) -> str:
         i = bisect.bisect_right([c for c, _ in self.plan], chunk) - 1
@@ -135,7 +136,8 @@ class GenerationWorker:
         self.commands: queue.Queue = queue.Queue(maxsize=command_queue)
         self.results: queue.Queue[Result] = queue.Queue(maxsize=result_queue)
         self._notify = notify  # called (from the worker thread) after each result
-        self._mark = mark  # (stream id, frames) -> watermarked frames (upscaled), before encode
+        # (stream id, frames, started) -> watermarked frames (upscaled), before encode
+        self._mark = mark
         self._lock = threading.Lock()
         self._progress: dict[str, int] = {}  # stream -> chunk being played (latest wins)
         self._closing: set[str] = set()  # at most one entry per stream, never rejected
@@ -273,7 +275,9 @@ class GenerationWorker:
         else:
             stream = Stream(self.model, cmd.prompt, seed=cmd.seed, image=cmd.image, upscaler=up)
         plan = cmd.plan or ((0, cmd.prompt),)
-        job = _Job(cmd.stream_id, stream, plan, cmd.epoch, cmd.play_chunk, time.monotonic())
+        job = _Job(
+            cmd.stream_id, stream, plan, cmd.epoch, cmd.play_chunk, time.monotonic(), cmd.started
+        )
         self._jobs = [j for j in self._jobs if j.stream_id != cmd.stream_id] + [job]
         self._put(
             StreamOpened(
@@ -343,7 +347,7 @@ class GenerationWorker:
             frames = stream.commit(plan, latents)
             tm = time.perf_counter()
             if self._mark is not None:
-                frames = self._mark(job.stream_id, frames)
+                frames = self._mark(job.stream_id, frames, job.started)
             snapshot = stream.snapshot().to_bytes()
             t3 = time.perf_counter()
             self._account(t3 - t0)
@@ -417,7 +421,7 @@ class GenerationWorker:
         share = 1e3 / len(live)  # each stream's share of the batch's time, in ms
         for (job, plan), f in zip(kept, frames, strict=True):
             if self._mark is not None:
-                f = self._mark(job.stream_id, f)
+                f = self._mark(job.stream_id, f, job.started)
             ms = dict(job.stream.stats.ms)
             ms.update(plan=(t1 - t0) * share, denoise=(t2 - t1) * share, total=(t3 - t0) * share)
             ms["batch"] = len(live)

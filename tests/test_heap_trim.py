@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import platform
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -75,39 +72,3 @@ async def test_a_leaving_viewer_is_forgotten_and_the_server_trims(live_server, s
             break
         await asyncio.sleep(0.05)
     assert server.heap.trims > before
-
-
-_MMAPPED_AFTER_FREE = """
-import ctypes, sys
-from server.heap_trim import tune_allocator
-libc = ctypes.CDLL("libc.so.6")
-libc.malloc.restype = ctypes.c_void_p
-libc.free.argtypes = [ctypes.c_void_p]
-class Info(ctypes.Structure):  # struct mallinfo2
-    names = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
-    _fields_ = [(n, ctypes.c_size_t) for n in names.split()]
-libc.mallinfo2.restype = Info
-if sys.argv[1] == "tuned":
-    assert tune_allocator()
-libc.free(libc.malloc(192 * 1024))  # glibc would now raise its threshold past 192 KiB
-before = libc.mallinfo2().hblks
-block = libc.malloc(192 * 1024)
-print(libc.mallinfo2().hblks - before)  # 1: mapped on its own (returned to the OS on free)
-"""
-
-
-@GLIBC
-@pytest.mark.parametrize("mode, mapped", [("tuned", "1"), ("default", "0")])
-def test_tuned_allocator_keeps_frame_sized_blocks_mapped(mode, mapped):
-    """glibc's default raises its mmap threshold when a mapped block is freed, so the next
-    frame buffer comes from an arena (and stays in RSS); tuned, it is mapped again."""
-    root = Path(__file__).resolve().parents[1]
-    out = subprocess.run(
-        [sys.executable, "-c", _MMAPPED_AFTER_FREE, mode],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=root,
-        env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
-    )
-    assert out.stdout.strip() == mapped

@@ -66,6 +66,8 @@ async def test_a_restarted_server_brings_back_ids_tokens_frame_count_and_scene(
         while min(first.streams[sid].playout.next_frame for sid in ids) <= 14:
             await asyncio.sleep(0.05)
     shown = {sid: first.streams[sid].playout.next_frame for sid in ids}
+    created = {sid: first.streams[sid].created for sid in ids}
+    marks = {sid: first.marker.payload(sid) for sid in ids}
     await first.close()  # its clients still connected, as at a real shutdown
     assert any(e["type"] == "shutting_down" for e in s.events)
     saved = {p.name for p in tmp_path.iterdir()}
@@ -79,6 +81,9 @@ async def test_a_restarted_server_brings_back_ids_tokens_frame_count_and_scene(
     for k, sid in enumerate(ids):
         live = second.streams[sid]
         assert (live.control_token, live.view_token) == (f"control-{k}", f"view-{k}")
+        # its watermark's time is its creation's, before and after the restart
+        assert live.created == meta[sid]["started"] == created[sid]
+        assert second.marker.payload(sid) == marks[sid]
         frame = meta[sid]["frame"]
         assert frame >= shown[sid] and live.playout.next_frame == frame
         assert meta[sid]["chunk"] <= frame // live.fpc

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
@@ -12,8 +13,11 @@ from conftest import timeout
 
 from model.tinyworld.render import render_clip
 from server.cli import main
+from server.provenance.marking import StreamMarker
+from server.provenance.payload import Payload
 from server.provenance.watermark import detect_frames
 from server.video_file import Mp4Writer
+from server.worker import ChunkReady, GenerationWorker, OpenStream
 
 PROMPT = "a big red circle bouncing over the ocean"
 
@@ -90,6 +94,29 @@ async def test_live_viewer_frames_carry_the_streams_mark(live_server, session):
     found = detect_frames(np.stack([f.image for f in frames[:48]]))
     assert found.found
     assert found.payload == server.marker.payload(created["stream"])
+    live = server.streams[created["stream"]]
+    assert found.payload.minutes == Payload.make("test-server", live.id, live.created).minutes
+    assert live.restore_command().started == live.created  # a new engine marks the same
+
+
+def test_the_engine_marks_with_the_streams_creation_time_not_its_own(tiny_model):
+    """A stream's payload carries the minute it was created, handed to the engine with the
+    stream (so an engine started later, after a crash, marks the very same payload)."""
+    created = datetime(2025, 6, 1, 12, 30, 5, tzinfo=UTC).timestamp()
+    worker = GenerationWorker(tiny_model, 8, 8, 16, 1, lambda: None, StreamMarker("srv").mark)
+    worker.start()
+    frames = []
+    try:
+        assert worker.submit(OpenStream("s1", PROMPT, 0, started=created))
+        while len(frames) < 48:
+            r = worker.results.get(timeout=timeout(20))
+            if isinstance(r, ChunkReady):
+                frames.extend(r.chunk.frames)
+    finally:
+        assert worker.stop(timeout(10))
+    found = detect_frames(np.stack(frames[:48]))
+    assert found.found and found.payload == Payload.make("srv", "s1", created)
+    assert found.payload.as_dict()["time"] == "2025-06-01T12:30Z"
 
 
 async def test_live_no_watermark_is_logged(live_server, caplog):

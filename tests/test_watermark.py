@@ -2,52 +2,15 @@
 
 from __future__ import annotations
 
-import fractions
-import io
-
-import av
 import numpy as np
 import pytest
-from aiortc import RTCRtpCodecParameters
-from aiortc.codecs import get_decoder, get_encoder
-from aiortc.codecs.vpx import vp8_depayload
-from aiortc.jitterbuffer import JitterFrame
 
 from model.tinyworld.render import render_clip
 from server.provenance.payload import Payload
+from server.provenance.roundtrip import h264, vp8
 from server.provenance.watermark import Z_FOUND, Watermarker, decode_bits, detect_frames
 
 PAYLOAD = Payload.make("test-server", "abcd1234", 1_790_000_000)
-
-
-def h264(frames: np.ndarray, crf: int = 26) -> np.ndarray:
-    """Frames through an H.264 encode (libx264, crf) and back, as a screen capture's re-encode."""
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="mp4") as c:
-        s = c.add_stream("libx264", rate=24)
-        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        s.options = {"crf": str(crf), "preset": "veryfast"}
-        for rgb in frames:
-            c.mux(s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")))
-        c.mux(s.encode())
-    buf.seek(0)
-    with av.open(buf) as c:
-        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
-
-
-def vp8(frames: np.ndarray, bitrate: int = 500_000) -> np.ndarray:
-    """Frames through aiortc's VP8 encoder at the live server's bitrate, RTP payloads, decoder."""
-    params = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000)
-    enc, dec = get_encoder(params), get_decoder(params)
-    enc.target_bitrate = bitrate
-    out = []
-    for i, rgb in enumerate(frames):
-        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-        vf.pts, vf.time_base = i * 3750, fractions.Fraction(1, 90000)
-        payloads, ts = enc.encode(vf, i == 0)
-        data = b"".join(vp8_depayload(p) for p in payloads)
-        out += [f.to_ndarray(format="rgb24") for f in dec.decode(JitterFrame(data, ts))]
-    return np.stack(out)
 
 
 @pytest.fixture(scope="module")

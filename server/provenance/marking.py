@@ -24,7 +24,10 @@ class StreamMarker:
         self._payloads: dict[str, Payload] = {}
 
     def payload(self, stream_id: str, started: float | None = None) -> Payload:
-        """The payload of a stream: fixed at its first chunk (its start minute)."""
+        """The payload of a stream, fixed at its first call: `started` (unix seconds, when
+        the stream was created; default now) gives its minute. The server fixes it at
+        `create` and hands `started` to every engine that runs the stream, so the mark
+        stays the same across engine restarts and a resume from a state directory."""
         p = self._payloads.get(stream_id)
         if p is None:
             if len(self._payloads) >= MAX_STREAMS:
@@ -33,6 +36,7 @@ class StreamMarker:
             self._payloads[stream_id] = p
         return p
 
-    def mark(self, stream_id: str, frames: np.ndarray) -> np.ndarray:
-        """uint8 (T, H, W, 3) -> the same frames carrying the stream's mark."""
-        return self.watermarker.mark(frames, self.payload(stream_id))
+    def mark(self, stream_id: str, frames: np.ndarray, started: float | None = None) -> np.ndarray:
+        """uint8 (T, H, W, 3) -> the same frames carrying the stream's mark (`started`: the
+        stream's creation time, where the caller knows it; see `payload`)."""
+        return self.watermarker.mark(frames, self.payload(stream_id, started))

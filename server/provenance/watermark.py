@@ -4,8 +4,11 @@ The mark lives on a coarse grid tied to the picture, `GRID` cells along its shor
 128x128 frame: 2x2-pixel cells; 832x480: 7.5-pixel cells), so it follows a rescale. From a
 key come 88 pseudo-random +-1 grid patterns: 16 for a sync word the key also fixes, 72 for
 the payload's coded bits (payload.py). The mark is their signed sum (bit 1: +, bit 0: -),
-smoothed up to the frame (bilinear) and added to luma with a per-pixel strength that grows
-with local texture (up to 7x where the picture is busy), the same mark on every frame.
+smoothed up to the frame (bilinear) and added to luma, the same mark on every frame, with a
+per-pixel strength (`strength_map`) that grows with local texture (up to 7x where the
+picture is busy) and falls to nothing on and within 2 pixels of object outlines: places of
+high colour contrast made of little fine detail (edges, ramps, blobs), where a reader of
+the picture decides which pixels belong to an object.
 
 Detection keeps each frame's luma on the grid, high-passed, and correlates the sum over
 frames with the dual basis of the patterns (so they do not leak into each other), after
@@ -37,9 +40,12 @@ DECOYS = 64
 Z_FOUND = 6.0  # sync z-score at or above which (with a valid CRC) a video is marked
 WHITEN = 0.25  # the detector divides residual spectra by their power to this exponent
 CLIP = 3.0  # robust deviations at which the second reading clips residuals
-STRENGTH = 1.6  # rms luma change (of 255) in flat regions
+STRENGTH = 1.8  # rms luma change (of 255) in flat regions
 TEXTURE_GAIN = 3.0  # up to (1 + 2 * this) times stronger where the picture is textured
 TEXTURE_STD = 8.0  # local luma std (5x5) at which the gain is half way up
+OUTLINE_LO, OUTLINE_HI = 12.0, 20.0  # outline contrast (RGB std, 5x5): mark fades out between
+OUTLINE_REACH = 2  # pixels around an outline that the fade covers too
+SMOOTH_RATIO = (0.4, 0.7)  # fine detail / contrast: below the first, all of it is outline
 CHASE_BITS = 8  # on a CRC miss, also try flipping up to this many least certain bits
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
@@ -78,13 +84,12 @@ def _bilinear_matrix(pixels: int, cells: int) -> np.ndarray:
 def _smooth(g: np.ndarray) -> np.ndarray:
     """Separable [1 4 6 4 1]/16 blur over the last two axes (edges repeated)."""
     k = np.array([1, 4, 6, 4, 1], np.float32) / 16
-    for axis in (-2, -1):
-        pad = [(0, 0)] * g.ndim
-        pad[axis] = (2, 2)
-        p = np.pad(g, pad, mode="edge")
-        n = g.shape[axis]
-        g = sum(k[i] * np.take(p, np.arange(i, i + n), axis=axis) for i in range(5))
-    return g
+    lead = [(0, 0)] * (g.ndim - 2)
+    h, w = g.shape[-2:]
+    p = np.pad(g, [*lead, (2, 2), (0, 0)], mode="edge")
+    g = sum(k[i] * p[..., i : i + h, :] for i in range(5))
+    p = np.pad(g, [*lead, (0, 0), (2, 2)], mode="edge")
+    return sum(k[i] * p[..., i : i + w] for i in range(5))
 
 
 def high_pass(g: np.ndarray) -> np.ndarray:
@@ -92,11 +97,47 @@ def high_pass(g: np.ndarray) -> np.ndarray:
 
 
 def _box_mean(a: np.ndarray, r: int) -> np.ndarray:
-    """Mean over a (2r+1)^2 window (edges repeated): separable running sums of shifts."""
-    n = 2 * r + 1
-    p = np.pad(a, r, mode="edge")
-    rows = sum(p[i : i + a.shape[0]] for i in range(n))  # (H, W + 2r)
-    return sum(rows[:, j : j + a.shape[1]] for j in range(n)) / (n * n)
+    """Mean over a (2r+1)^2 window of the last two axes (edges repeated): sums of shifts."""
+    n, (h, w) = 2 * r + 1, a.shape[-2:]
+    p = np.pad(a, [(0, 0)] * (a.ndim - 2) + [(r, r), (r, r)], mode="edge")
+    rows = sum(p[..., i : i + h, :] for i in range(n))  # (..., H, W + 2r)
+    return sum(rows[..., j : j + w] for j in range(n)) / (n * n)
+
+
+def _box_max(a: np.ndarray, r: int) -> np.ndarray:
+    """Maximum over a (2r+1)^2 window of a 2-D array (edges repeated)."""
+    (h, w), p = a.shape, np.pad(a, r, mode="edge")
+    rows = p[:h].copy()
+    for i in range(1, 2 * r + 1):
+        np.maximum(rows, p[i : i + h], out=rows)
+    out = rows[:, :w].copy()
+    for j in range(1, 2 * r + 1):
+        np.maximum(out, rows[:, j : j + w], out=out)
+    return out
+
+
+def strength_map(rgb: np.ndarray, texture_gain: float = TEXTURE_GAIN) -> np.ndarray:
+    """Per-pixel multiple of the flat strength for one float32 (H, W, 3) RGB frame.
+
+    Texture raises it: 1 + gain * min(luma std (5x5) / TEXTURE_STD, 2). Object outlines
+    take it away: where a 5x5 window's colour contrast (the RGB std) is high but little of
+    it is fine detail (what a [1 4 6 4 1] blur removes, as a fraction of that contrast:
+    a soft or sharp edge, a colour ramp, a blob), the mark fades to nothing, and so it does
+    within OUTLINE_REACH pixels of such a place. Busy texture (mostly fine detail) keeps
+    its gain."""
+    y = rgb @ LUMA
+    luma_std = np.sqrt(np.maximum(_box_mean(y * y, 2) - _box_mean(y, 2) ** 2, 0))
+    gain = 1 + texture_gain * np.minimum(luma_std / TEXTURE_STD, 2)
+    var, fine = 0, 0  # one colour plane at a time: small arrays stay in cache
+    for c in range(3):
+        a = np.ascontiguousarray(rgb[..., c])
+        var = var + np.maximum(_box_mean(a * a, 2) - _box_mean(a, 2) ** 2, 0)
+        fine = fine + high_pass(a) ** 2
+    contrast = np.sqrt(var)
+    detail = np.sqrt(_box_mean(fine, 2)) / (contrast + 1e-3)
+    lo, hi = SMOOTH_RATIO
+    outline = _box_max(contrast * np.clip((hi - detail) / (hi - lo), 0, 1), OUTLINE_REACH)
+    return gain * np.clip((OUTLINE_HI - outline) / (OUTLINE_HI - OUTLINE_LO), 0, 1)
 
 
 @lru_cache(maxsize=8)
@@ -165,10 +206,7 @@ class Watermarker:
         out = np.empty_like(frames)
         for i in range(t):
             rgb = frames[i].astype(np.float32)
-            y = rgb @ LUMA
-            std = np.sqrt(np.maximum(_box_mean(y * y, 2) - _box_mean(y, 2) ** 2, 0))
-            gain = 1 + self.texture_gain * np.minimum(std / TEXTURE_STD, 2)
-            delta = (self.strength * gain * f)[..., None]
+            delta = (self.strength * strength_map(rgb, self.texture_gain) * f)[..., None]
             out[i] = np.clip(rgb + delta + 0.5, 0, 255).astype(np.uint8)
         return out
 
