@@ -271,6 +271,7 @@ async def main(args: argparse.Namespace) -> dict:
 
 def parse_args(argv=None) -> argparse.Namespace:
     from model.sampler import add_sampling_options
+    from server.thread_choice import default_solo_threads
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--url", help="benchmark a running server (default: start one in-process)")
@@ -290,9 +291,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--solo-threads",
         type=int,
-        default=None,
-        help="the engine's torch threads while it runs one stream, where faster (default: "
-        "--threads)",
+        default=default_solo_threads(),
+        help="the engine's torch threads while it runs one stream, where faster (default "
+        "%(default)s, as `endless serve`)",
     )
     p.add_argument(
         "--max-batch", type=int, default=4, help="streams batched per forward pass (default 4)"

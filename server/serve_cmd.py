@@ -19,6 +19,7 @@ from model.wan.options import add_wan_options
 from server.auth import is_loopback
 from server.config import CODECS, ServerConfig
 from server.provenance.options import add_provenance_options
+from server.thread_choice import default_solo_threads
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -84,10 +85,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--solo-threads",
         type=int,
-        default=d.solo_threads,
+        default=default_solo_threads(),
         metavar="N",
-        help="torch threads of the model worker while it runs a single stream (default: "
-        "--threads); one stream leaves the other cores idle",
+        help="torch threads of the model worker while it runs a single stream, used where "
+        "they measure faster than --threads (default %(default)s on this machine)",
     )
     p.add_argument(
         "--api-key",

@@ -49,6 +49,7 @@ from server.engine import (
 )
 from server.load_policy import StepGovernor
 from server.playout import Chunk
+from server.thread_choice import ThreadChoice
 
 # the messages are the engine interface's (server.engine); they are re-exported here
 __all__ = [
@@ -129,8 +130,8 @@ class GenerationWorker:
         self.ahead = ahead_chunks
         self.torch_threads = torch_threads
         # with one stream on, the cores the others would use are idle: its chunks (a
-        # switch's guided chunk above all) may take them
-        self.solo_threads = solo_threads or torch_threads
+        # switch's guided chunk above all) take them where that measures faster
+        self.thread_choice = ThreadChoice(torch_threads, solo_threads or torch_threads)
         self.threads = torch_threads  # what torch runs with now
         self.max_batch = max_batch  # streams whose chunks share one forward pass
         self.commands: queue.Queue = queue.Queue(maxsize=command_queue)
@@ -228,7 +229,7 @@ class GenerationWorker:
                     self._generate_batch(batch)
 
     def _pick_threads(self) -> None:
-        want = self.solo_threads if len(self._jobs) == 1 else self.torch_threads
+        want = self.thread_choice.pick() if len(self._jobs) == 1 else self.torch_threads
         if want != self.threads:
             torch.set_num_threads(want)
             self.threads = want
@@ -360,6 +361,8 @@ class GenerationWorker:
             self.crash = (job.stream_id, exc)
             raise
         ms = dict(stream.stats.ms)  # the stages fill text/recache/cache/decode themselves
+        if len(self._jobs) == 1:  # how fast a lone stream's chunks go on these threads
+            self.thread_choice.record(self.threads, (ms["cache"] + ms["decode"]) / 1e3)
         ms.update(plan=(t1 - t0) * 1e3, denoise=(t2 - t1) * 1e3, total=(t3 - t0) * 1e3)
         if self._mark is not None:
             ms["mark"] = (t3 - tm) * 1e3
