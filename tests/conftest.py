@@ -15,6 +15,15 @@ torch.set_num_threads(1)
 TIME_SCALE = float(os.environ.get("ENDLESS_TEST_TIME_SCALE", "1"))
 
 
+def pytest_collection_modifyitems(session, config, items):
+    """The Ray tests first. ray.init forks its cluster's processes with a preexec_fn, and a
+    child forked with Python code to run clears the other threads' states, whose frames
+    may hold PyAV frames (a viewer's decoder thread holds its last one): their destructors
+    join swscale threads that do not exist in the child, and it hangs (seen: a suite stuck
+    in ray.init). At the start of a session no thread holds one yet."""
+    items.sort(key=lambda item: item.module.__name__ != "test_engine_ray")  # stable
+
+
 def timeout(seconds: float) -> float:
     """A test timeout, scaled for slow machines."""
     return seconds * TIME_SCALE

@@ -11,6 +11,7 @@ import os
 import signal
 import urllib.request
 
+import pytest
 from conftest import timeout
 from PIL import Image
 
@@ -19,6 +20,20 @@ from model.tinyworld.render import render_clip
 A = "a big red circle bouncing over the ocean"
 B = "a small blue square moving left in the snow"
 MOVE_SECONDS = 15.0  # a moved stream's viewer gets new frames this soon
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_cluster():
+    """One local cluster for the module, started before anything else runs (conftest puts
+    these tests first: see pytest_collection_modifyitems there); the engines join it."""
+    from server.engine_ray import start_ray
+
+    owned = start_ray(None, workers=2, gpus_per_worker=1.0)
+    yield
+    if owned:
+        import ray
+
+        ray.shutdown()
 
 
 async def listing(s) -> dict[str, dict]:

@@ -140,6 +140,24 @@ def strength_map(rgb: np.ndarray, texture_gain: float = TEXTURE_GAIN) -> np.ndar
     return gain * np.clip((OUTLINE_HI - outline) / (OUTLINE_HI - OUTLINE_LO), 0, 1)
 
 
+MAP_SIDE = 128  # the short side at which the strength map is measured
+
+
+def scaled_strength_map(rgb: np.ndarray, texture_gain: float = TEXTURE_GAIN) -> np.ndarray:
+    """`strength_map` measured at about MAP_SIDE pixels along the short side (an integer
+    box reduction), then repeated up to the frame: its 5x5 windows and 2-pixel reach keep
+    their meaning on a frame that shows the same picture larger (an upscaled or a Wan
+    frame), and a large frame costs a small one's time."""
+    h, w = rgb.shape[:2]
+    s = max(1, round(min(h, w) / MAP_SIDE))
+    if s == 1:
+        return strength_map(rgb, texture_gain)
+    hs, ws = h // s, w // s
+    small = rgb[: hs * s, : ws * s].reshape(hs, s, ws, s, 3).mean((1, 3))
+    m = np.repeat(np.repeat(strength_map(small, texture_gain), s, 0), s, 1)
+    return np.pad(m, ((0, h - hs * s), (0, w - ws * s)), mode="edge")
+
+
 @lru_cache(maxsize=8)
 def patterns(key: bytes, gh: int, gw: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(sync signs (16,), embedded patterns (88, gh, gw), decoy patterns (64, gh, gw))."""
@@ -206,7 +224,7 @@ class Watermarker:
         out = np.empty_like(frames)
         for i in range(t):
             rgb = frames[i].astype(np.float32)
-            delta = (self.strength * strength_map(rgb, self.texture_gain) * f)[..., None]
+            delta = (self.strength * scaled_strength_map(rgb, self.texture_gain) * f)[..., None]
             out[i] = np.clip(rgb + delta + 0.5, 0, 255).astype(np.uint8)
         return out
 
