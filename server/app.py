@@ -719,10 +719,7 @@ class LiveServer:
         stream_id = secrets.token_hex(4)
         fut = asyncio.get_running_loop().create_future()
         self.check_engine()
-        started = time.time()
-        if self.marker is not None:  # the payload the engine will mark with, fixed now
-            self.marker.payload(stream_id, started)
-        command = OpenStream(stream_id, prompt, seed, image=image, started=started)
+        command = OpenStream(stream_id, prompt, seed, image=image, started=time.time())
         if not self.engine.submit(command):
             raise request_error("busy", "the model worker is busy; try again shortly")
         self._opening[stream_id] = (fut, command)

@@ -95,6 +95,8 @@ class LiveStream:
         self.members: set[Connection] = set()
         self.anchors: deque[tuple[int, int, bool]] = deque(maxlen=8)
         self.created = time.time() if created is None else created  # its watermark's time
+        if server.marker is not None:  # the payload every engine marks it with, fixed here
+            server.marker.payload(stream_id, self.created)
         self.ended = False
         self.chunk_ms: dict[str, float] = {}
         self.cache_bytes = 0

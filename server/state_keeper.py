@@ -67,8 +67,6 @@ class StateKeeper:
             created=state.started,
             **{n: v for n, v in tokens.items() if n in accepted},
         )
-        if server.marker is not None:  # the mark it carried before the restart
-            server.marker.payload(stream.id, stream.created)
         for name, value in tokens.items():
             if name not in accepted:  # a LiveStream that does not take tokens yet
                 setattr(stream, name, value)
